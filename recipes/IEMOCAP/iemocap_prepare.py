@@ -1,0 +1,51 @@
+"""Prepare IEMOCAP for the emotion recognition recipes in this folder.
+
+Writes leave-one-session-out 4-class manifests (neu, hap+exc, sad, ang):
+``SAVE_FOLDER/fold_<k>/train.json`` and ``SAVE_FOLDER/fold_<k>/test.json``
+for each session ``k``, from the released ``IEMOCAP_full_release`` folder.
+The work lives in :mod:`speechbrain_ptapt.iemocap`; this script re-exports
+``prepare_iemocap`` for the training scripts and runs it from the command line:
+
+    python iemocap_prepare.py /path/to/IEMOCAP_full_release /path/to/save_folder
+    python iemocap_prepare.py /path/to/IEMOCAP_full_release /path/to/save_folder --folds 1 5
+
+(with the package installed, e.g. ``pip install -e .`` at the repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from speechbrain_ptapt.iemocap import prepare_iemocap
+from speechbrain_ptapt.preparation import DataPreparationError
+
+__all__ = ["prepare_iemocap"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the preparation from command-line arguments; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_folder", help="the IEMOCAP_full_release folder")
+    parser.add_argument("save_folder", help="where the fold_<k>/ manifests are written")
+    parser.add_argument(
+        "--folds",
+        nargs="+",
+        default=None,
+        help="held-out sessions to prepare (default: every session present)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = prepare_iemocap(args.data_folder, args.save_folder, folds=args.folds)
+    except DataPreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for fold, fold_paths in paths.items():
+        print(f"fold {fold}: train {fold_paths['train']}  test {fold_paths['test']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

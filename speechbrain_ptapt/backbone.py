@@ -1,0 +1,311 @@
+"""The wav2vec2 backbone: loading from a hub id or a local folder, and a forward pass
+with explicit padding, masking and frame-length arithmetic.
+
+The same loader serves ``facebook/wav2vec2-base`` from the Hugging Face Hub and
+a local folder written by ``save_pretrained`` (config.json, weights,
+preprocessor_config.json), such as the adapted backbones TAPT and P-TAPT write.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+logger = logging.getLogger(__name__)
+
+
+class BackboneLoadError(RuntimeError):
+    """The wav2vec2 backbone could not be loaded; the message says what to do."""
+
+
+def _explain_load_failure(source: str, err: Exception) -> BackboneLoadError:
+    if Path(source).exists():
+        return BackboneLoadError(
+            f"Cannot load a wav2vec2 model from the folder '{source}': {err}. "
+            "Expected a folder written by save_pretrained: config.json, the weights "
+            "(model.safetensors or pytorch_model.bin) and preprocessor_config.json."
+        )
+    return BackboneLoadError(
+        f"Cannot load the wav2vec2 model '{source}': it is not a local folder and the "
+        f"Hugging Face Hub could not provide it ({type(err).__name__}: {err}). "
+        "Check the hub id and your network (or HF_HUB_OFFLINE / a pre-filled cache), "
+        "or set wav2vec2_hub to a local folder holding config.json, the weights and "
+        "preprocessor_config.json."
+    )
+
+
+def load_pretrained(model_class: type, source: str, save_path: str | None = None, **kwargs: Any):
+    """Loads a transformers model class from a hub id or a local folder.
+
+    Arguments
+    ---------
+    model_class : type
+        A transformers class with ``from_pretrained`` (``Wav2Vec2Model``,
+        ``Wav2Vec2ForPreTraining``, ``Wav2Vec2FeatureExtractor`` ...).
+    source : str
+        Hub id (``facebook/wav2vec2-base``) or local folder.
+    save_path : str, optional
+        Cache folder for hub downloads.
+    **kwargs
+        Passed on to ``from_pretrained`` (e.g. config overrides).
+
+    Raises
+    ------
+    BackboneLoadError
+        With a message naming the source and what was expected.
+    """
+    source = str(source)
+    if (
+        Path(source).exists()
+        and not (Path(source) / "config.json").is_file()
+        and (model_class is not Wav2Vec2FeatureExtractor)
+    ):
+        raise BackboneLoadError(
+            f"'{source}' is a local folder without config.json: expected a wav2vec2 "
+            "folder written by save_pretrained (config.json, weights, preprocessor_config.json)."
+        )
+    try:
+        return model_class.from_pretrained(source, cache_dir=save_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _explain_load_failure(source, err) from err
+
+
+def load_feature_extractor(source: str, save_path: str | None = None) -> Wav2Vec2FeatureExtractor:
+    """The backbone's preprocessor settings (input normalisation, sampling rate).
+
+    A local folder without preprocessor_config.json gets wav2vec2-base's
+    settings (16 kHz, per-utterance normalisation) and a warning.
+    """
+    local = Path(str(source))
+    if local.is_dir() and not (local / "preprocessor_config.json").is_file():
+        logger.warning(
+            "%s has no preprocessor_config.json: using wav2vec2-base's preprocessing "
+            "(16 kHz, zero-mean unit-variance input per utterance).",
+            source,
+        )
+        return Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True)
+    return load_pretrained(Wav2Vec2FeatureExtractor, source, save_path)
+
+
+def receptive_field_samples(model: Wav2Vec2Model) -> int:
+    """Smallest input length in samples for which the CNN encoder yields one frame.
+
+    Found with the model's own length formula (400 samples for wav2vec2-base).
+    """
+    length = 1
+    while int(model._get_feat_extract_output_lengths(torch.tensor(length))) < 1:
+        length += 1
+    return length
+
+
+def normalize_waveforms(wavs: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, unit-variance normalisation of each waveform over its valid samples.
+
+    Matches ``Wav2Vec2FeatureExtractor(do_normalize=True)`` applied to each
+    utterance alone; padding stays 0.
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        (batch, samples) padded waveforms.
+    num_samples : torch.Tensor
+        (batch,) valid samples of each waveform.
+    """
+    valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < num_samples[:, None]
+    count = num_samples.clamp(min=1).to(wavs.dtype)[:, None]
+    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
+    var = (((wavs - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
+    return (wavs - mean) / torch.sqrt(var + 1e-7) * valid
+
+
+class Wav2Vec2Backbone(nn.Module):
+    """wav2vec2 (CNN feature encoder + feature projection + transformer) as a
+    SpeechBrain module, taking padded waveforms and relative lengths.
+
+    Arguments
+    ---------
+    source : str
+        Hub id (``facebook/wav2vec2-base``) or a local folder written by
+        ``save_pretrained``.
+    save_path : str, optional
+        Cache folder for hub downloads.
+    freeze_feature_encoder : bool
+        Freeze the CNN feature encoder *and* the feature projection (V-FT and
+        P-TAPT train only the transformer).
+    layerdrop : float, optional
+        Overrides the config's LayerDrop probability (None keeps it).
+
+    Example
+    -------
+    >>> backbone = Wav2Vec2Backbone("facebook/wav2vec2-base")  # doctest: +SKIP
+    >>> hidden, frame_mask = backbone(wavs, wav_lens)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: str,
+        save_path: str | None = None,
+        freeze_feature_encoder: bool = True,
+        layerdrop: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = str(source)
+        overrides = {} if layerdrop is None else {"layerdrop": layerdrop}
+        self.model: Wav2Vec2Model = load_pretrained(
+            Wav2Vec2Model, self.source, save_path, **overrides
+        )
+        self.feature_extractor_config = load_feature_extractor(self.source, save_path)
+        self.normalize = bool(getattr(self.feature_extractor_config, "do_normalize", True))
+        self.sample_rate = int(self.feature_extractor_config.sampling_rate)
+        if getattr(self.model, "masked_spec_embed", None) is None:
+            # Configs with every mask probability at 0 build no mask embedding.
+            self.model.masked_spec_embed = nn.Parameter(
+                torch.empty(self.model.config.hidden_size).uniform_()
+            )
+        self.min_samples = receptive_field_samples(self.model)
+        self.freeze_feature_encoder = freeze_feature_encoder
+        if freeze_feature_encoder:
+            for module in (self.model.feature_extractor, self.model.feature_projection):
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    @property
+    def config(self) -> Wav2Vec2Config:
+        """The transformers config of the backbone."""
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        """Dimension of the transformer output (768 for wav2vec2-base)."""
+        return int(self.model.config.hidden_size)
+
+    def frame_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Number of output frames for inputs of ``num_samples`` samples.
+
+        The model's own length formula, applied after short inputs are padded
+        to the receptive field (so every input yields at least one frame).
+        """
+        num_samples = torch.as_tensor(num_samples).clamp(min=self.min_samples)
+        return self.model._get_feat_extract_output_lengths(num_samples).long()
+
+    def sample_lengths(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        """(batch,) valid samples from SpeechBrain's relative lengths."""
+        return torch.round(wav_lens.to(torch.float64) * wavs.shape[1]).long().clamp(min=1)
+
+    def extract_features(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CNN encoder + feature projection.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (batch, samples) padded 16 kHz waveforms.
+        wav_lens : torch.Tensor
+            (batch,) relative lengths in (0, 1], SpeechBrain's convention.
+
+        Returns
+        -------
+        projected : torch.Tensor
+            (batch, frames, hidden) projected features, the input of the transformer.
+        frame_mask : torch.Tensor
+            (batch, frames) bool, True on valid frames.
+        cnn_features : torch.Tensor
+            (batch, frames, conv_dim[-1]) CNN features before the projection.
+        """
+        num_samples = self.sample_lengths(wavs, wav_lens).to(wavs.device)
+        if self.normalize:
+            wavs = normalize_waveforms(wavs, num_samples)
+        if wavs.shape[1] < self.min_samples:
+            wavs = nn.functional.pad(wavs, (0, self.min_samples - wavs.shape[1]))
+        num_samples = num_samples.clamp(min=self.min_samples)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_feature_encoder):
+            cnn_features = self.model.feature_extractor(wavs).transpose(1, 2)
+            projected, cnn_features = self.model.feature_projection(cnn_features)
+        num_frames = cnn_features.shape[1]
+        frame_lens = self.model._get_feat_extract_output_lengths(num_samples).clamp(
+            min=1, max=num_frames
+        )
+        frame_mask = torch.arange(num_frames, device=wavs.device)[None, :] < frame_lens[:, None]
+        return projected, frame_mask, cnn_features
+
+    def encode(
+        self,
+        projected: torch.Tensor,
+        frame_mask: torch.Tensor,
+        time_mask: torch.Tensor | None = None,
+        channel_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Masks the projected features and runs the transformer.
+
+        Arguments
+        ---------
+        projected : torch.Tensor
+            (batch, frames, hidden) output of :meth:`extract_features`.
+        frame_mask : torch.Tensor
+            (batch, frames) bool, True on valid frames (the attention mask).
+        time_mask : torch.Tensor, optional
+            (batch, frames) bool; masked frames become ``masked_spec_embed``.
+        channel_mask : torch.Tensor, optional
+            (batch, hidden) bool; masked channels become 0 on every frame.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, frames, hidden) transformer output.
+        """
+        hidden = projected
+        if time_mask is not None and bool(time_mask.any()):
+            time_mask = time_mask.to(hidden.device)
+            embed = self.model.masked_spec_embed.to(hidden.dtype)
+            hidden = torch.where(time_mask[..., None], embed, hidden)
+        if channel_mask is not None and bool(channel_mask.any()):
+            hidden = hidden.masked_fill(channel_mask.to(hidden.device)[:, None, :], 0.0)
+        out = self.model.encoder(hidden, attention_mask=frame_mask)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def forward(
+        self,
+        wavs: torch.Tensor,
+        wav_lens: torch.Tensor,
+        time_mask=None,
+        channel_mask=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms to transformer output.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (batch, samples) padded waveforms.
+        wav_lens : torch.Tensor
+            (batch,) relative lengths.
+        time_mask : callable or torch.Tensor, optional
+            A :class:`~speechbrain_ptapt.masking.TimeMask` to sample from, or a
+            ready (batch, frames) bool mask.
+        channel_mask : callable or torch.Tensor, optional
+            A :class:`~speechbrain_ptapt.masking.ChannelMask` or a (batch, hidden) mask.
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            (batch, frames, hidden) transformer output.
+        frame_mask : torch.Tensor
+            (batch, frames) bool, True on valid frames.
+        """
+        projected, frame_mask, _ = self.extract_features(wavs, wav_lens)
+        if callable(time_mask):
+            time_mask = time_mask(frame_mask.sum(dim=1).cpu(), frame_mask.shape[1])
+        if callable(channel_mask):
+            channel_mask = channel_mask(projected.shape[0], projected.shape[2])
+        hidden = self.encode(projected, frame_mask, time_mask, channel_mask)
+        return hidden, frame_mask
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Writes the backbone in transformers format (config, weights, preprocessor config)."""
+        self.model.save_pretrained(str(folder))
+        self.feature_extractor_config.save_pretrained(str(folder))

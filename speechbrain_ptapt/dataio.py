@@ -1,0 +1,127 @@
+"""SpeechBrain data pipelines shared by every stage: audio (cropped for training),
+emotion labels, class priors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
+
+from speechbrain_ptapt.audio import load_audio
+
+
+class UnknownLabelError(ValueError):
+    """A manifest holds an emotion label outside the recipe's class list."""
+
+
+def random_crop(sig: torch.Tensor, max_samples: int | None) -> tuple[torch.Tensor, int]:
+    """Crops ``sig`` to at most ``max_samples`` samples at a random offset.
+
+    Returns the crop and its start offset in samples (0 when not cropped).
+    """
+    if max_samples is None or sig.shape[0] <= max_samples:
+        return sig, 0
+    start = int(torch.randint(0, sig.shape[0] - max_samples + 1, (1,)))
+    return sig[start : start + max_samples], start
+
+
+def audio_pipeline(sample_rate: int = 16000, max_seconds: float | None = None):
+    """A dynamic item reading ``wav`` into ``sig``: mono, ``sample_rate`` Hz,
+    randomly cropped to ``max_seconds`` when given (training), whole otherwise."""
+    max_samples = None if max_seconds is None else int(round(max_seconds * sample_rate))
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def read(wav: str) -> torch.Tensor:
+        return random_crop(load_audio(wav, sample_rate), max_samples)[0]
+
+    return read
+
+
+def make_label_encoder(classes: Sequence[str]) -> CategoricalEncoder:
+    """A CategoricalEncoder with ``classes`` in their given order (index = position)."""
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(list(classes))
+    return encoder
+
+
+def label_pipeline(encoder: CategoricalEncoder):
+    """A dynamic item turning ``emo`` into ``emo_encoded`` (a (1,) LongTensor);
+    an unknown label raises :class:`UnknownLabelError` naming it and the utterance."""
+    known = list(encoder.lab2ind)
+
+    @sb.utils.data_pipeline.takes("id", "emo")
+    @sb.utils.data_pipeline.provides("emo_encoded")
+    def encode(utt_id: str, emo: str) -> torch.Tensor:
+        if emo not in encoder.lab2ind:
+            raise UnknownLabelError(
+                f"Utterance '{utt_id}' has the label '{emo}', which is not one of the "
+                f"recipe's classes {known}: fix the manifest or the 'classes' list."
+            )
+        return torch.LongTensor([encoder.lab2ind[emo]])
+
+    return encode
+
+
+def check_labels(manifest: str | Path, classes: Sequence[str]) -> Counter:
+    """Counts the labels of a manifest, failing early on one outside ``classes``."""
+    with open(manifest, encoding="utf-8") as f:
+        data = json.load(f)
+    counts: Counter = Counter()
+    for utt_id, entry in data.items():
+        emo = entry.get("emo")
+        if emo not in classes:
+            raise UnknownLabelError(
+                f"{manifest}: utterance '{utt_id}' has the label '{emo}', which is not one "
+                f"of the recipe's classes {list(classes)}."
+            )
+        counts[emo] += 1
+    return counts
+
+
+def inverse_prior_weights(counts: Counter, classes: Sequence[str]) -> torch.Tensor:
+    """Class weights proportional to the inverse class prior of a training split.
+
+    ``w_c = N / (C * n_c)``: 1 for every class when balanced. A class absent
+    from the split gets weight 0.
+    """
+    total = sum(counts[c] for c in classes)
+    weights = [total / (len(classes) * counts[c]) if counts[c] else 0.0 for c in classes]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def emotion_dataset(
+    manifest: str | Path,
+    encoder: CategoricalEncoder,
+    sample_rate: int = 16000,
+    max_seconds: float | None = None,
+    sort: bool = False,
+) -> DynamicItemDataset:
+    """A DynamicItemDataset of a manifest providing ``id``, ``sig`` and ``emo_encoded``.
+
+    Arguments
+    ---------
+    manifest : str or Path
+        SpeechBrain JSON manifest (``wav``, ``duration``, ``emo`` per utterance).
+    encoder : CategoricalEncoder
+        The class list.
+    sample_rate : int
+        Sampling rate the audio is converted to, in Hz.
+    max_seconds : float, optional
+        Random crops of at most this length (training); None reads whole files.
+    sort : bool
+        Sort by ascending duration (efficient evaluation batches).
+    """
+    dataset = DynamicItemDataset.from_json(str(manifest))
+    if sort:
+        dataset = dataset.filtered_sorted(sort_key="duration")
+    dataset.add_dynamic_item(audio_pipeline(sample_rate, max_seconds))
+    dataset.add_dynamic_item(label_pipeline(encoder))
+    dataset.set_output_keys(["id", "sig", "emo_encoded"])
+    return dataset

@@ -1,0 +1,801 @@
+"""TAPT: task-adaptive pretraining, i.e. wav2vec2's own self-supervised objective
+continued on the audio of a fold's training split (Chen & Rudnicky 2022, Sec. 2.3).
+
+The objective is transformers' ``Wav2Vec2ForPreTraining`` loss: a contrastive loss
+that picks the quantized target of each masked frame among distractors drawn from
+the same utterance, plus the codebook diversity loss. The model is loaded with its
+weights (hub id or local folder); masks follow the backbone config
+(``mask_time_prob``, ``mask_time_length``, ``mask_time_min_masks``) over the valid
+frames of each utterance; distractors come from valid frames only; padding is
+excluded by the model's own frame attention mask. All parameters are trained
+with Adam under a warm-up / flat / linear-decay schedule for a fixed number of
+optimizer steps, on length-bucketed batches of random crops. The stage resumes
+from its last checkpoint and ends by writing the adapted backbone in Hugging Face
+format (``config.json``, weights, ``preprocessor_config.json``), ready to be used
+as ``wav2vec2_hub`` by the fine-tuning stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from speechbrain.utils.epoch_loop import EpochCounter
+from speechbrain.utils.seed import seed_everything
+from torch import nn
+from transformers import Wav2Vec2ForPreTraining
+from transformers.models.wav2vec2.modeling_wav2vec2 import _sample_negative_indices
+
+from speechbrain_ptapt.backbone import (
+    load_feature_extractor,
+    load_pretrained,
+    normalize_waveforms,
+    receptive_field_samples,
+)
+from speechbrain_ptapt.checkpointing import RandomState
+from speechbrain_ptapt.dataio import audio_pipeline
+from speechbrain_ptapt.masking import TimeMask
+
+logger = logging.getLogger(__name__)
+
+#: File written into the adapted backbone folder: what it was adapted from and how.
+MARKER_FILE = "tapt_stage.json"
+
+#: Hyperparameters that define a TAPT stage (with the training data's fingerprint).
+FINGERPRINT_KEYS = (
+    "wav2vec2_hub",
+    "sample_rate",
+    "tapt_seed",
+    "tapt_steps",
+    "tapt_batch_size",
+    "warmup_steps",
+    "tapt_flat_fraction",
+    "tapt_lr",
+    "tapt_max_seconds",
+    "tapt_num_buckets",
+    "tapt_gumbel_temperature",
+    "tapt_max_grad_norm",
+)
+
+
+class TAPTSettingsError(RuntimeError):
+    """A TAPT folder holds the results of different settings or training data."""
+
+
+# ----------------------------------------------------------------------------
+# The objective
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainingLoss:
+    """wav2vec2's pretraining loss terms of one batch, summed as transformers does.
+
+    Attributes
+    ----------
+    contrastive : torch.Tensor
+        () sum over masked frames of the contrastive cross-entropy.
+    diversity : torch.Tensor
+        () codebook diversity loss times the number of masked frames
+        (``(G*V - perplexity) / (G*V) * masked``).
+    diversity_weight : float
+        The config's ``diversity_loss_weight``.
+    num_masked : int
+        Number of masked (predicted) frames in the batch.
+    """
+
+    contrastive: torch.Tensor
+    diversity: torch.Tensor
+    diversity_weight: float
+    num_masked: int
+
+    @property
+    def total(self) -> torch.Tensor:
+        """() contrastive + diversity_weight * diversity, the value
+        ``Wav2Vec2ForPreTraining`` returns as ``loss``."""
+        return self.contrastive + self.diversity_weight * self.diversity
+
+    @property
+    def per_masked_frame(self) -> torch.Tensor:
+        """() the total divided by the number of masked frames (0 when none)."""
+        return self.total / max(self.num_masked, 1)
+
+
+def sample_negative_indices(frame_mask: np.ndarray, num_negatives: int) -> np.ndarray:
+    """Distractor indices for the contrastive loss, drawn among the valid frames of
+    the same utterance (never the frame itself), as transformers'
+    ``_sample_negative_indices`` draws them.
+
+    Arguments
+    ---------
+    frame_mask : np.ndarray
+        (batch, frames) bool, True on valid frames.
+    num_negatives : int
+        Distractors per frame.
+
+    Returns
+    -------
+    np.ndarray
+        (batch, frames, num_negatives) int64 indices into the flattened
+        (batch * frames) features. Utterances with fewer than two valid frames
+        point at their own first frame (they must have no masked frame).
+    """
+    batch, frames = frame_mask.shape
+    indices = np.zeros((batch, frames, num_negatives), dtype=np.int64)
+    for b in range(batch):
+        if frame_mask[b].sum() >= 2:
+            indices[b] = _sample_negative_indices(
+                (1, frames), num_negatives, mask_time_indices=frame_mask[b : b + 1]
+            )[0]
+        indices[b] += b * frames
+    return indices
+
+
+class Wav2Vec2Pretraining(nn.Module):
+    """wav2vec2 with its quantizer (``Wav2Vec2ForPreTraining``) computing the
+    self-supervised loss on padded batches.
+
+    Arguments
+    ---------
+    source : str
+        Hub id (``facebook/wav2vec2-base``) or a local folder written by
+        ``save_pretrained``; its weights are loaded.
+    save_path : str, optional
+        Cache folder for hub downloads.
+    gumbel_temperature : float, optional
+        Temperature of the Gumbel-softmax quantizer in training mode (None keeps
+        transformers' default, 2).
+
+    Example
+    -------
+    >>> model = Wav2Vec2Pretraining("facebook/wav2vec2-base")  # doctest: +SKIP
+    >>> model(wavs, wav_lens).per_masked_frame.backward()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: str,
+        save_path: str | None = None,
+        gumbel_temperature: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = str(source)
+        self.model: Wav2Vec2ForPreTraining = load_pretrained(
+            Wav2Vec2ForPreTraining, self.source, save_path
+        )
+        self.feature_extractor_config = load_feature_extractor(self.source, save_path)
+        self.normalize = bool(getattr(self.feature_extractor_config, "do_normalize", True))
+        self.sample_rate = int(self.feature_extractor_config.sampling_rate)
+        self.min_samples = receptive_field_samples(self.model)
+        config = self.model.config
+        # transformers applies explicit masks only when spec augment is on; the
+        # config's own value is written back by save_pretrained.
+        self._saved_apply_spec_augment = getattr(config, "apply_spec_augment", True)
+        config.apply_spec_augment = True
+        if getattr(self.model.wav2vec2, "masked_spec_embed", None) is None:
+            self.model.wav2vec2.masked_spec_embed = nn.Parameter(
+                torch.empty(config.hidden_size).uniform_()
+            )
+        self.time_mask = TimeMask(
+            prob=float(config.mask_time_prob),
+            length=int(config.mask_time_length),
+            min_masks=int(config.mask_time_min_masks),
+        )
+        if gumbel_temperature is not None:
+            self.model.set_gumbel_temperature(float(gumbel_temperature))
+
+    @property
+    def config(self):
+        """The transformers config of the model."""
+        return self.model.config
+
+    def prepare_inputs(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised, padded model inputs and their sample / frame masks.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (batch, samples) padded waveforms at ``sample_rate``.
+        wav_lens : torch.Tensor
+            (batch,) relative lengths in (0, 1], SpeechBrain's convention.
+
+        Returns
+        -------
+        input_values : torch.Tensor
+            (batch, samples') waveforms normalised per utterance over their valid
+            samples when the preprocessor config says so, padded to at least the
+            receptive field (400 samples for wav2vec2-base).
+        attention_mask : torch.Tensor
+            (batch, samples') long, 1 on valid samples.
+        frame_mask : torch.Tensor
+            (batch, frames) bool, True on valid frames: the model's own
+            ``_get_feature_vector_attention_mask`` of ``attention_mask``.
+        """
+        num_samples = torch.round(wav_lens.to(torch.float64) * wavs.shape[1]).long()
+        num_samples = num_samples.clamp(min=1, max=wavs.shape[1]).to(wavs.device)
+        if self.normalize:
+            wavs = normalize_waveforms(wavs, num_samples)
+        if wavs.shape[1] < self.min_samples:
+            wavs = nn.functional.pad(wavs, (0, self.min_samples - wavs.shape[1]))
+        num_samples = num_samples.clamp(min=self.min_samples)
+        positions = torch.arange(wavs.shape[1], device=wavs.device)
+        attention_mask = (positions[None, :] < num_samples[:, None]).long()
+        num_frames = int(self.model._get_feat_extract_output_lengths(wavs.shape[1]))
+        frame_mask = self.model._get_feature_vector_attention_mask(num_frames, attention_mask)
+        return wavs, attention_mask, frame_mask.bool()
+
+    def sample_masks(self, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time masks and distractors for a batch (NumPy's global random generator).
+
+        Arguments
+        ---------
+        frame_mask : torch.Tensor
+            (batch, frames) bool, True on valid frames.
+
+        Returns
+        -------
+        mask_time_indices : torch.Tensor
+            (batch, frames) bool, True on masked frames (never on padding, and
+            none in an utterance of fewer than two frames).
+        sampled_negative_indices : torch.Tensor
+            (batch, frames, num_negatives) long, see :func:`sample_negative_indices`.
+        """
+        valid = frame_mask.cpu()
+        lengths = valid.sum(dim=1)
+        time_mask = self.time_mask(lengths, valid.shape[1])
+        time_mask[lengths < 2] = False
+        negatives = sample_negative_indices(valid.numpy(), int(self.config.num_negatives))
+        device = frame_mask.device
+        return time_mask.to(device), torch.from_numpy(negatives).to(device)
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> PretrainingLoss:
+        """Masks, distractors and the pretraining loss of a batch.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (batch, samples) padded waveforms at ``sample_rate``.
+        wav_lens : torch.Tensor
+            (batch,) relative lengths.
+
+        Returns
+        -------
+        PretrainingLoss
+            The summed loss terms (zero, still attached to the graph, when the
+            batch has no masked frame).
+        """
+        input_values, attention_mask, frame_mask = self.prepare_inputs(wavs, wav_lens)
+        mask_time_indices, negatives = self.sample_masks(frame_mask)
+        num_masked = int(mask_time_indices.sum())
+        out = self.model(
+            input_values,
+            attention_mask=attention_mask,
+            mask_time_indices=mask_time_indices,
+            sampled_negative_indices=negatives if num_masked else None,
+        )
+        weight = float(self.config.diversity_loss_weight)
+        if not num_masked:
+            zero = out.projected_states.sum() * 0.0
+            return PretrainingLoss(zero, zero, weight, 0)
+        return PretrainingLoss(out.contrastive_loss, out.diversity_loss, weight, num_masked)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Writes the model (config, weights, quantizer included) and the
+        preprocessor config in Hugging Face format."""
+        config = self.model.config
+        config.apply_spec_augment = self._saved_apply_spec_augment
+        try:
+            self.model.save_pretrained(str(folder))
+        finally:
+            config.apply_spec_augment = True
+        self.feature_extractor_config.save_pretrained(str(folder))
+
+
+# ----------------------------------------------------------------------------
+# Schedule and batches
+# ----------------------------------------------------------------------------
+
+
+@register_checkpoint_hooks
+class WarmupFlatLinearDecay:
+    """Learning-rate schedule counted in optimizer steps: linear warm-up to ``lr``
+    over ``warmup_steps``, ``flat_fraction`` of ``total_steps`` at ``lr``, then a
+    linear decay that reaches 0 after the last step.
+
+    Calling it before each optimizer step sets the learning rate of that step.
+
+    Arguments
+    ---------
+    lr : float
+        Peak learning rate.
+    total_steps : int
+        Optimizer steps of the whole stage.
+    warmup_steps : int
+        Warm-up steps (step ``s`` of them uses ``lr * s / warmup_steps``).
+    flat_fraction : float
+        Share of ``total_steps`` spent at ``lr`` after the warm-up.
+
+    Example
+    -------
+    >>> schedule = WarmupFlatLinearDecay(1.0, total_steps=100, warmup_steps=10)
+    >>> [schedule.lr_at(s) for s in (1, 10, 15, 16, 100)]
+    [0.1, 1.0, 1.0, 0.9882352941176471, 0.011764705882352941]
+    """
+
+    def __init__(
+        self, lr: float, total_steps: int, warmup_steps: int = 100, flat_fraction: float = 0.05
+    ) -> None:
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be at least 1, got {total_steps}.")
+        if warmup_steps < 0 or not 0.0 <= flat_fraction <= 1.0:
+            raise ValueError(
+                f"Need warmup_steps >= 0 and flat_fraction in [0, 1], got {warmup_steps}, "
+                f"{flat_fraction}."
+            )
+        self.lr = float(lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.flat_steps = int(flat_fraction * total_steps)
+        self.steps_done = 0
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (1-based)."""
+        if step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        decay_start = self.warmup_steps + self.flat_steps
+        if step <= decay_start:
+            return self.lr
+        decay_steps = self.total_steps - decay_start
+        return self.lr * max(0.0, (self.total_steps - step + 1) / (decay_steps + 1))
+
+    def __call__(self, optimizer: torch.optim.Optimizer) -> float:
+        """Advances one step and sets the learning rate of every parameter group;
+        returns it."""
+        self.steps_done += 1
+        lr = self.lr_at(self.steps_done)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    @mark_as_saver
+    def _save(self, path: str) -> None:
+        torch.save({"steps_done": self.steps_done}, path)
+
+    @mark_as_loader
+    def _recover(self, path: str, end_of_epoch: bool = True) -> None:
+        del end_of_epoch
+        self.steps_done = int(torch.load(path)["steps_done"])
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Length-bucketed batches of a fixed number of utterances, for a fixed number
+    of batches (as many passes over the data as needed).
+
+    Each pass sorts the utterances by duration (random order among equal
+    durations), cuts them into ``num_buckets`` buckets of neighbouring lengths,
+    shuffles each bucket, cuts the sequence into batches of ``batch_size`` and
+    shuffles the batches. Pass ``p`` of epoch ``e`` depends only on
+    ``(seed, e, p)``, so an interrupted stage can skip the batches it has seen.
+
+    Arguments
+    ---------
+    durations : sequence of float
+        Duration of each utterance in seconds (cropped length, as trained).
+    batch_size : int
+        Utterances per batch (the last batch of a pass may be smaller).
+    num_batches : int
+        Batches to yield per epoch.
+    num_buckets : int
+        Length buckets per pass.
+    seed : int
+        Seed of the shuffles.
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        batch_size: int,
+        num_batches: int,
+        num_buckets: int = 50,
+        seed: int = 0,
+    ) -> None:
+        if not len(durations):
+            raise ValueError("BucketBatchSampler needs at least one utterance.")
+        if batch_size < 1 or num_batches < 0 or num_buckets < 1:
+            raise ValueError(
+                f"Need batch_size >= 1, num_batches >= 0, num_buckets >= 1; got {batch_size}, "
+                f"{num_batches}, {num_buckets}."
+            )
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_size = int(batch_size)
+        self.num_batches = int(num_batches)
+        self.num_buckets = int(num_buckets)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch (called by SpeechBrain before each epoch)."""
+        self.epoch = int(epoch)
+
+    def one_pass(self, pass_index: int) -> list[list[int]]:
+        """The batches of one pass over every utterance."""
+        rng = np.random.default_rng([self.seed, self.epoch, pass_index])
+        shuffled = rng.permutation(len(self.durations))
+        by_length = shuffled[np.argsort(self.durations[shuffled], kind="stable")]
+        buckets = np.array_split(by_length, min(self.num_buckets, len(by_length)))
+        order = np.concatenate([rng.permutation(bucket) for bucket in buckets])
+        batches = [
+            order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)
+        ]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yielded, pass_index = 0, 0
+        while yielded < self.num_batches:
+            for batch in self.one_pass(pass_index):
+                if yielded == self.num_batches:
+                    return
+                yielded += 1
+                yield batch
+            pass_index += 1
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+def tapt_dataset(
+    manifest: str | Path, sample_rate: int = 16000, max_seconds: float | None = 10.0
+) -> DynamicItemDataset:
+    """The audio of a manifest (labels unused) providing ``id`` and ``sig``, a random
+    crop of at most ``max_seconds`` seconds of each utterance."""
+    dataset = DynamicItemDataset.from_json(str(manifest))
+    dataset.add_dynamic_item(audio_pipeline(sample_rate, max_seconds))
+    dataset.set_output_keys(["id", "sig"])
+    return dataset
+
+
+def cropped_durations(dataset: DynamicItemDataset, max_seconds: float | None) -> list[float]:
+    """Duration in seconds of each utterance as trained (at most ``max_seconds``),
+    in dataset order."""
+    cap = math.inf if max_seconds is None else float(max_seconds)
+    return [min(float(dataset.data[i]["duration"]), cap) for i in dataset.data_ids]
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+
+class TAPTBrain(sb.Brain):
+    """Continues wav2vec2's self-supervised training (``modules.wav2vec2``, a
+    :class:`Wav2Vec2Pretraining`) for a fixed number of optimizer steps.
+
+    Expects in hparams: ``lr_scheduler`` (a :class:`WarmupFlatLinearDecay`),
+    optionally ``train_logger`` and ``log_interval_steps`` (log the mean loss,
+    contrastive and diversity terms per masked frame and the learning rate every
+    that many optimizer steps). The loss optimised is transformers' pretraining
+    loss divided by the number of masked frames of the batch.
+
+    A ``max_grad_norm`` of 0 or less means no gradient clipping.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.max_grad_norm is None or self.max_grad_norm <= 0:
+            self.max_grad_norm = math.inf
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._window = {"loss": 0.0, "contrastive": 0.0, "diversity": 0.0, "batches": 0}
+
+    def compute_forward(self, batch, stage) -> PretrainingLoss:
+        """The summed loss terms of a batch of padded waveforms."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        return self.modules.wav2vec2(wavs, wav_lens)
+
+    def compute_objectives(self, predictions: PretrainingLoss, batch, stage) -> torch.Tensor:
+        """The pretraining loss per masked frame."""
+        loss = predictions.per_masked_frame
+        masked = max(predictions.num_masked, 1)
+        self._window["loss"] += float(loss.detach())
+        self._window["contrastive"] += float(predictions.contrastive.detach()) / masked
+        self._window["diversity"] += float(predictions.diversity.detach()) / masked
+        self._window["batches"] += 1
+        return loss
+
+    def on_fit_batch_start(self, batch, should_step: bool) -> None:
+        """Sets the learning rate of the coming optimizer step."""
+        if should_step:
+            self.lr = self.hparams.lr_scheduler(self.optimizer)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
+        """Logs the mean loss terms every ``log_interval_steps`` optimizer steps."""
+        interval = int(getattr(self.hparams, "log_interval_steps", 0) or 0)
+        if not should_step or interval <= 0 or self.optimizer_step % interval:
+            return
+        count = max(self._window.pop("batches"), 1)
+        stats = {key: value / count for key, value in self._window.items()}
+        stats["lr"] = float(self.lr)
+        train_logger = getattr(self.hparams, "train_logger", None)
+        if train_logger is not None:
+            train_logger.log_stats(stats_meta={"step": self.optimizer_step}, train_stats=stats)
+        self._reset_window()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
+        """End of the stage: a final checkpoint, so a rerun finds it finished."""
+        if stage == sb.Stage.TRAIN and self.checkpointer is not None:
+            self.checkpointer.save_and_keep_only(
+                meta={"optimizer_step": self.optimizer_step, "train_loss": float(stage_loss)},
+                num_to_keep=1,
+            )
+
+
+def _stage_run_opts(run_opts: Any, **forced: Any) -> dict[str, Any]:
+    """The user's run options (device, precision ...) with the stage's own values."""
+    if run_opts is None:
+        base: dict[str, Any] = {}
+    elif isinstance(run_opts, dict):
+        base = dict(run_opts)
+    else:
+        base = {key: run_opts[key] for key in run_opts.overridden_args}
+    base.update(forced)
+    return base
+
+
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    return 1
+
+
+def train_tapt(
+    model: Wav2Vec2Pretraining,
+    hparams: dict[str, Any],
+    run_opts: Any,
+    train_manifest: str | Path,
+    checkpointer: sb.utils.checkpoints.Checkpointer | None = None,
+) -> TAPTBrain:
+    """Trains (or resumes) ``model`` on the audio of ``train_manifest``.
+
+    Arguments
+    ---------
+    model : Wav2Vec2Pretraining
+        The model, with the weights to adapt.
+    hparams : dict
+        ``tapt_steps``, ``tapt_batch_size``, ``warmup_steps``, ``tapt_flat_fraction``,
+        ``tapt_lr``, ``tapt_max_seconds``, ``tapt_num_buckets``, ``tapt_seed``,
+        ``tapt_ckpt_interval_steps``, ``tapt_log_interval_steps``,
+        ``tapt_max_grad_norm``, ``tapt_num_workers``, ``tapt_opt_class`` and
+        optionally ``tapt_train_logger``.
+    run_opts : RunOptions or dict
+        SpeechBrain's run options (device, precision ...).
+    train_manifest : str or Path
+        SpeechBrain JSON manifest (``wav``, ``duration`` per utterance).
+    checkpointer : Checkpointer, optional
+        Where the stage's state goes every ``tapt_ckpt_interval_steps`` steps and
+        at the end; an existing checkpoint is resumed at the step it reached.
+
+    Returns
+    -------
+    TAPTBrain
+        The brain after training (``optimizer_step`` == ``tapt_steps``).
+    """
+    steps = int(hparams["tapt_steps"])
+    scheduler = WarmupFlatLinearDecay(
+        hparams["tapt_lr"], steps, hparams["warmup_steps"], hparams["tapt_flat_fraction"]
+    )
+    epoch_counter = EpochCounter(limit=1)  # one epoch of ``tapt_steps`` batches
+    if checkpointer is not None:
+        checkpointer.add_recoverables(
+            {
+                "wav2vec2": model,
+                "lr_scheduler": scheduler,
+                "counter": epoch_counter,
+                "rng": RandomState(),
+            }
+        )
+    opts = _stage_run_opts(
+        run_opts,
+        optimizer_step_limit=steps,
+        ckpt_interval_steps=int(hparams["tapt_ckpt_interval_steps"]),
+        ckpt_interval_minutes=0.0,
+        max_grad_norm=float(hparams["tapt_max_grad_norm"]),
+    )
+    brain = TAPTBrain(
+        modules={"wav2vec2": model},
+        opt_class=hparams["tapt_opt_class"],
+        hparams={
+            "lr_scheduler": scheduler,
+            "train_logger": hparams.get("tapt_train_logger"),
+            "log_interval_steps": hparams.get("tapt_log_interval_steps", 0),
+        },
+        run_opts=opts,
+        checkpointer=checkpointer,
+    )
+    max_seconds = hparams["tapt_max_seconds"]
+    dataset = tapt_dataset(train_manifest, model.sample_rate, max_seconds)
+    sampler = BucketBatchSampler(
+        cropped_durations(dataset, max_seconds),
+        batch_size=int(hparams["tapt_batch_size"]),
+        num_batches=steps * brain.grad_accumulation_factor * _world_size(),
+        num_buckets=int(hparams["tapt_num_buckets"]),
+        seed=int(hparams["tapt_seed"]),
+    )
+    loader = brain.make_dataloader(
+        dataset,
+        stage=sb.Stage.TRAIN,
+        batch_sampler=sampler,
+        num_workers=int(hparams.get("tapt_num_workers", 0)),
+        # A private generator: creating the loader's iterator does not draw from
+        # the global random state, so a resumed stage draws what an uninterrupted
+        # one would.
+        generator=torch.Generator(),
+    )
+    if brain.train_sampler is None:
+        brain.train_sampler = sampler
+    logger.info(
+        "TAPT on %d utterances of %s: %d steps of %d utterances (crops of at most %s s).",
+        len(dataset), train_manifest, steps, hparams["tapt_batch_size"], max_seconds,
+    )
+    brain.fit(epoch_counter, loader)
+    return brain
+
+
+# ----------------------------------------------------------------------------
+# The stage: settings, skip/resume, adapted folder
+# ----------------------------------------------------------------------------
+
+
+def manifest_digest(manifest: str | Path) -> str:
+    """SHA-256 of a manifest's utterance ids and durations (not of its paths, so
+    moving the corpus keeps the digest)."""
+    with open(manifest, encoding="utf-8") as f:
+        data = json.load(f)
+    items = sorted((str(k), round(float(v.get("duration", 0.0)), 4)) for k, v in data.items())
+    return hashlib.sha256(json.dumps(items).encode("utf-8")).hexdigest()
+
+
+def tapt_fingerprint(hparams: dict[str, Any], train_manifest: str | Path) -> dict[str, Any]:
+    """The settings that define a fold's TAPT stage, plus its training data digest."""
+    settings = {key: hparams[key] for key in FINGERPRINT_KEYS}
+    settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
+    settings["train_manifest"] = manifest_digest(train_manifest)
+    return json.loads(json.dumps(settings))
+
+
+def _check_settings(path: Path, fingerprint: dict[str, Any], what: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        recorded = json.load(f).get("settings")
+    if recorded != fingerprint:
+        changed = sorted(
+            k for k in set(fingerprint) | set(recorded or {})
+            if (recorded or {}).get(k) != fingerprint.get(k)
+        )
+        raise TAPTSettingsError(
+            f"{what} was produced with other TAPT settings or training data (differs in: "
+            f"{', '.join(changed)}). Use another output_folder, or delete "
+            f"{path.parent} to adapt again."
+        )
+
+
+def save_adapted(model: Wav2Vec2Pretraining, folder: str | Path, marker: dict[str, Any]) -> Path:
+    """Writes the adapted model (Hugging Face format) and ``MARKER_FILE`` into a
+    temporary folder, then renames it to ``folder``: a folder of that name is
+    always complete."""
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    with open(partial / MARKER_FILE, "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=2)
+    os.rename(partial, folder)
+    return folder
+
+
+def run_tapt_stage(
+    fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: dict
+) -> str:
+    """The TAPT stage of one fold, as a recipe's ``adapt`` step.
+
+    Adapts ``wav2vec2_hub`` on the audio of the fold's training manifest and writes
+    it to ``tapt_adapted_folder`` (``<output_folder>/fold_<fold>/tapt/adapted_wav2vec2``).
+    A finished stage with the same settings and data is skipped; an interrupted
+    one resumes from its last checkpoint in ``tapt_save_folder``.
+
+    Arguments
+    ---------
+    fold : str
+        The fold (held-out session or speaker).
+    hparams_file : str
+        The recipe's yaml (TAPT settings under ``tapt_`` names).
+    overrides : dict
+        The user's yaml overrides.
+    run_opts : RunOptions or dict
+        SpeechBrain's run options.
+    manifests : dict
+        ``{"train": manifest, "test": manifest}`` of the fold; only ``train`` is read.
+
+    Returns
+    -------
+    str
+        The adapted backbone folder, for ``wav2vec2_hub``.
+
+    Raises
+    ------
+    TAPTSettingsError
+        When the fold's TAPT folder holds results of other settings or data.
+    """
+    from speechbrain_ptapt.experiment import load_hparams
+
+    hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
+    train_manifest = manifests["train"]
+    adapted = Path(hparams["tapt_adapted_folder"])
+    fingerprint = tapt_fingerprint(hparams, train_manifest)
+    if adapted.is_dir():
+        marker = adapted / MARKER_FILE
+        if not marker.is_file():
+            raise TAPTSettingsError(
+                f"{adapted} exists but has no {MARKER_FILE}: it was not written by this "
+                "TAPT stage. Use another output_folder, or delete it to adapt again."
+            )
+        _check_settings(marker, fingerprint, str(adapted))
+        logger.info("TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
+        return str(adapted)
+
+    save_folder = Path(hparams["tapt_save_folder"])
+    settings_file = save_folder / "tapt_settings.json"
+    if settings_file.is_file():
+        _check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
+    elif if_main_process():
+        save_folder.mkdir(parents=True, exist_ok=True)
+        with open(settings_file, "w", encoding="utf-8") as f:
+            json.dump({"settings": fingerprint}, f, indent=2)
+    ddp_barrier()
+
+    seed_everything(int(hparams["tapt_seed"]))
+    model = hparams["tapt_model"]()
+    checkpointer = hparams["tapt_checkpointer"]()
+    brain = train_tapt(
+        model,
+        {**hparams, "tapt_train_logger": hparams["tapt_train_logger"]()},
+        run_opts,
+        train_manifest,
+        checkpointer,
+    )
+    if if_main_process():
+        save_adapted(
+            model,
+            adapted,
+            {
+                "settings": fingerprint,
+                "fold": str(fold),
+                "optimizer_steps": int(brain.optimizer_step),
+                "train_manifest": str(train_manifest),
+            },
+        )
+        logger.info("TAPT of fold %s done: adapted backbone in %s.", fold, adapted)
+    ddp_barrier()
+    return str(adapted)
