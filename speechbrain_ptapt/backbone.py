@@ -92,6 +92,33 @@ def load_feature_extractor(source: str, save_path: str | None = None) -> Wav2Vec
     return load_pretrained(Wav2Vec2FeatureExtractor, source, save_path)
 
 
+class _ConfigOnly:
+    """Holds a config so transformers' length formula can run without a model."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        self.config = config
+
+
+def wav2vec2_frame_lengths(config: Wav2Vec2Config, num_samples) -> torch.Tensor:
+    """Frames wav2vec2 outputs for inputs of ``num_samples`` samples.
+
+    transformers' own ``_get_feat_extract_output_lengths`` evaluated on a config
+    (no weights needed): ``(samples - 400) // 320 + 1`` for wav2vec2-base. Inputs
+    shorter than the receptive field give 0 or less here; the backbone pads them
+    to one frame (see :meth:`Wav2Vec2Backbone.frame_lengths`).
+    """
+    lengths = torch.as_tensor(num_samples)
+    return Wav2Vec2Model._get_feat_extract_output_lengths(_ConfigOnly(config), lengths).long()
+
+
+def wav2vec2_hop_samples(config: Wav2Vec2Config) -> int:
+    """Samples between consecutive wav2vec2 frames (the product of the conv strides: 320)."""
+    hop = 1
+    for stride in config.conv_stride:
+        hop *= int(stride)
+    return hop
+
+
 def receptive_field_samples(model: Wav2Vec2Model) -> int:
     """Smallest input length in samples for which the CNN encoder yields one frame.
 
