@@ -9,11 +9,15 @@ IEMOCAP and SAVEE recipes of one method differ only in yaml and preparation.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import speechbrain as sb
 
+from speechbrain_ptapt.audio import AudioError
+from speechbrain_ptapt.backbone import BackboneLoadError
+from speechbrain_ptapt.dataio import UnknownLabelError
 from speechbrain_ptapt.experiment import (
     configure_stdout_logging,
     fold_names,
@@ -27,6 +31,7 @@ from speechbrain_ptapt.experiment import (
     summary_markdown,
     write_summary,
 )
+from speechbrain_ptapt.preparation import DataPreparationError
 from speechbrain_ptapt.vft import fine_tune
 
 logger = logging.getLogger(__name__)
@@ -35,7 +40,32 @@ logger = logging.getLogger(__name__)
 AdaptStage = Callable[[str, str, dict, Any, dict], str]
 
 
+#: Errors caused by the user's data or settings: reported as one message, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataPreparationError,
+    BackboneLoadError,
+    UnknownLabelError,
+    AudioError,
+    FileNotFoundError,
+)
+
+
 def run_recipe(
+    argv: Sequence[str],
+    script_file: str,
+    prepare: Callable[..., dict],
+    adapt: AdaptStage | None = None,
+) -> dict[str, Any]:
+    """Runs :func:`run_experiment`, reporting errors in the user's data or settings
+    as one clear message (exit status 1) instead of a traceback."""
+    try:
+        return run_experiment(argv, script_file, prepare, adapt)
+    except USER_ERRORS as err:
+        logger.error("%s", err)
+        sys.exit(f"error: {err}")
+
+
+def run_experiment(
     argv: Sequence[str],
     script_file: str,
     prepare: Callable[..., dict],

@@ -139,3 +139,15 @@ def test_interrupted_run_resumes_to_the_same_result(
     assert b["ua"] == pytest.approx(a["ua"]) and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     pa = (straight / "fold_2" / "seed_1986" / "predictions.csv").read_text()
     assert (run / "predictions.csv").read_text() == pa
+
+
+def test_missing_data_folder_is_one_clear_error(tmp_path, tiny_wav2vec2):
+    cmd = [
+        sys.executable, "recipes/IEMOCAP/train_vft.py", "hparams/vft.yaml",
+        f"--data_folder={tmp_path / 'nowhere'}", f"--output_folder={tmp_path / 'out'}",
+        f"--wav2vec2_hub={tiny_wav2vec2}", "--device=cpu",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "nowhere" in proc.stderr and "IEMOCAP_full_release" in proc.stderr
+    assert "Traceback" not in proc.stderr
