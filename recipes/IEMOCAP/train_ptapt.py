@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""P-TAPT on IEMOCAP: pseudo-label task-adaptive pretraining, then fine-tuning.
+
+For every leave-one-session-out fold in ``folds``, on the four training sessions
+only: train the frame-level emotion CNN (phase 1), cluster its frame features
+into pseudo-labels for every K of ``n_clusters``, continue training wav2vec2 to
+predict the pseudo-labels of masked frames (phase 2) and save it in Hugging
+Face format; then fine-tune it ``runs`` times as V-FT and evaluate on the
+held-out session. Every stage is skipped when its outputs exist and match, and
+resumed when interrupted.
+
+Run (from the repository root or this folder)::
+
+    python recipes/IEMOCAP/train_ptapt.py hparams/ptapt.yaml \
+        --data_folder=/path/to/IEMOCAP_full_release
+
+The pseudo-labels alone: ``python recipes/IEMOCAP/prepare_pseudo_labels.py --help``.
+"""
+
+import sys
+
+from iemocap_prepare import prepare_iemocap
+
+from speechbrain_ptapt.ptapt import run_ptapt_stage
+from speechbrain_ptapt.recipe import run_recipe
+
+if __name__ == "__main__":
+    run_recipe(sys.argv[1:], __file__, prepare=prepare_iemocap, adapt=run_ptapt_stage)

@@ -1,0 +1,505 @@
+"""P-TAPT phase 2: continue training wav2vec2 to predict the pseudo-labels of masked
+frames, and the whole P-TAPT adaptation of a fold (phase 1, pseudo-labels, phase 2).
+
+Phase 2 (paper Fig. 1b and the authors' code): time masks on the projected CNN
+features (p 0.06, span 15 frames, at least 2); the transformer; for every K a
+head Linear(768, 256)-Tanh-Linear(256, K) on ReLU(transformer output) predicts
+the k-means cluster of each *masked* frame; the loss is the sum over K of the
+cross-entropies on masked frames. The CNN encoder and feature projection stay
+frozen; Adam 1e-4 with warm-up, flat and linear decay, counted in optimizer
+steps; batches of about 250 s of audio (SpeechBrain's dynamic batching) with
+random crops of at most 10 s, the labels cropped to match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
+from speechbrain.utils.epoch_loop import EpochCounter
+from speechbrain.utils.seed import seed_everything
+from torch import nn
+
+from speechbrain_ptapt.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.checkpointing import RandomState
+from speechbrain_ptapt.masking import TimeMask
+from speechbrain_ptapt.pseudo_labels import (
+    PseudoLabelStore,
+    cropped_audio_with_labels,
+    prepare_pseudo_labels,
+)
+from speechbrain_ptapt.tapt import (
+    MARKER_FILE,
+    TAPTBrain,
+    WarmupFlatLinearDecay,
+    _check_settings,
+    _stage_run_opts,
+    _world_size,
+    manifest_digest,
+    save_adapted,
+)
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+#: Settings that define a fold's phase 2 (besides the data and the labels).
+FINGERPRINT_KEYS = (
+    "wav2vec2_hub",
+    "n_clusters",
+    "ptapt_steps",
+    "ptapt_batch_seconds",
+    "ptapt_lr",
+    "warmup_steps",
+    "ptapt_flat_fraction",
+    "ptapt_max_seconds",
+    "ptapt_time_mask_prob",
+    "ptapt_time_mask_length",
+    "ptapt_time_mask_min_masks",
+    "ptapt_head_dim",
+    "ptapt_seed",
+)
+
+
+class PseudoLabelHeads(nn.Module):
+    """One head Linear(hidden, head_dim)-Tanh-Linear(head_dim, K) per K.
+
+    Arguments
+    ---------
+    input_size : int
+        Transformer width (768 for wav2vec2-base).
+    n_clusters : sequence of int
+        The K of each k-means labelling (e.g. 64, 512, 4096).
+    head_dim : int
+        Hidden width of every head (256 in the authors' code).
+    """
+
+    def __init__(self, input_size: int, n_clusters: Sequence[int], head_dim: int = 256) -> None:
+        super().__init__()
+        self.n_clusters = [int(k) for k in n_clusters]
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(input_size, head_dim), nn.Tanh(), nn.Linear(head_dim, k))
+            for k in self.n_clusters
+        )
+
+    def forward(self, reps: torch.Tensor) -> list[torch.Tensor]:
+        """(batch, frames, hidden) -> one (batch, frames, K) logit tensor per K."""
+        return [head(reps) for head in self.heads]
+
+
+def masked_prediction_loss(
+    logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    predict_mask: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Sum over K of the cross-entropy on the frames of ``predict_mask`` only.
+
+    Arguments
+    ---------
+    logits : sequence of torch.Tensor
+        One (batch, frames, K) tensor per labelling.
+    labels : torch.Tensor
+        (batch, frames, n_K) cluster ids; ``IGNORE_INDEX`` where a frame has none.
+    predict_mask : torch.Tensor
+        (batch, frames) bool: the masked, valid frames whose labels are predicted.
+
+    Returns
+    -------
+    total : torch.Tensor
+        Scalar: the sum over K of the mean cross-entropy over predicted frames.
+    per_k : list of torch.Tensor
+        The mean cross-entropy of each K.
+    """
+    per_k = []
+    for k, logit in enumerate(logits):
+        target = labels[..., k].masked_fill(~predict_mask, IGNORE_INDEX)
+        if bool((target != IGNORE_INDEX).any()):
+            loss = nn.functional.cross_entropy(
+                logit.float().reshape(-1, logit.shape[-1]),
+                target.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+            )
+        else:  # no labelled masked frame: a zero that keeps the graph
+            loss = logit.sum() * 0.0
+        per_k.append(loss)
+    return torch.stack(per_k).sum(), per_k
+
+
+def align_labels(labels: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Pads (with ``IGNORE_INDEX``) or trims a (batch, frames, n_K) label batch to
+    ``num_frames`` frames, the backbone's padded frame count."""
+    if labels.shape[1] >= num_frames:
+        return labels[:, :num_frames]
+    pad = labels.new_full((labels.shape[0], num_frames - labels.shape[1], labels.shape[2]),
+                          IGNORE_INDEX)
+    return torch.cat([labels, pad], dim=1)
+
+
+class PseudoLabelPretraining(nn.Module):
+    """wav2vec2 + pseudo-label heads: the P-TAPT objective.
+
+    Arguments
+    ---------
+    backbone : Wav2Vec2Backbone
+        The wav2vec2 to adapt (CNN encoder and feature projection frozen).
+    n_clusters : sequence of int
+        The K of each labelling, in the order of the label columns.
+    time_mask : TimeMask
+        Time masks of the projected features (p 0.06, span 15, at least 2).
+    head_dim : int
+        Hidden width of the heads.
+    """
+
+    def __init__(
+        self,
+        backbone: Wav2Vec2Backbone,
+        n_clusters: Sequence[int],
+        time_mask: TimeMask,
+        head_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = PseudoLabelHeads(backbone.hidden_size, n_clusters, head_dim)
+        self.time_mask = time_mask
+
+    @property
+    def sample_rate(self) -> int:
+        """Sampling rate of the backbone's input, in Hz."""
+        return self.backbone.sample_rate
+
+    def forward(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, Any]:
+        """The P-TAPT loss of a batch.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (batch, samples) padded waveforms.
+        wav_lens : torch.Tensor
+            (batch,) relative lengths.
+        labels : torch.Tensor
+            (batch, frames, n_K) pseudo-labels aligned to the backbone's frames;
+            padding frames may hold anything (they are never predicted).
+
+        Returns
+        -------
+        dict
+            ``loss`` (sum over K), ``per_k`` (list), ``num_masked`` (frames predicted).
+        """
+        projected, frame_mask, _ = self.backbone.extract_features(wavs, wav_lens)
+        time_mask = self.time_mask(frame_mask.sum(dim=1).cpu(), frame_mask.shape[1])
+        time_mask = time_mask.to(frame_mask.device) & frame_mask
+        hidden = self.backbone.encode(projected, frame_mask, time_mask)
+        logits = self.heads(torch.relu(hidden))
+        labels = align_labels(labels.to(frame_mask.device), frame_mask.shape[1])
+        loss, per_k = masked_prediction_loss(logits, labels, time_mask)
+        return {"loss": loss, "per_k": per_k, "num_masked": int(time_mask.sum())}
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Writes the adapted wav2vec2 (without the heads) in transformers format."""
+        self.backbone.save_pretrained(folder)
+
+
+class PTAPTBrain(TAPTBrain):
+    """Trains a :class:`PseudoLabelPretraining` (``modules.wav2vec2``) for a fixed
+    number of optimizer steps, with TAPT's schedule, logging and checkpoints."""
+
+    def _reset_window(self) -> None:
+        self._window = {"loss": 0.0, "batches": 0}
+
+    def compute_forward(self, batch, stage):
+        """The P-TAPT loss terms of a batch."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        labels, _ = batch.cluster_labels
+        return self.modules.wav2vec2(wavs, wav_lens, labels)
+
+    def compute_objectives(self, predictions, batch, stage) -> torch.Tensor:
+        """The sum over K of the masked-frame cross-entropies."""
+        loss = predictions["loss"]
+        self._window["loss"] += float(loss.detach())
+        for k, value in zip(self.modules.wav2vec2.heads.n_clusters, predictions["per_k"]):
+            self._window[f"ce_k{k}"] = self._window.get(f"ce_k{k}", 0.0) + float(value.detach())
+        self._window["batches"] += 1
+        return loss
+
+
+class StepsOfDynamicBatches(torch.utils.data.Sampler):
+    """A fixed number of SpeechBrain dynamic batches (total duration per batch),
+    taken from as many passes over the data as needed.
+
+    Pass ``p`` of epoch ``e`` is the DynamicBatchSampler's epoch ``e * 100003 + p``,
+    so the batches depend only on the seed and their position, and an interrupted
+    stage can skip the batches it has seen.
+
+    Arguments
+    ---------
+    sampler : DynamicBatchSampler
+        The per-pass batching (length buckets, a duration budget per batch).
+    num_batches : int
+        Batches to yield per epoch.
+    """
+
+    def __init__(self, sampler: DynamicBatchSampler, num_batches: int) -> None:
+        self.sampler = sampler
+        self.num_batches = int(num_batches)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch (called by SpeechBrain before each epoch)."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yielded, pass_index = 0, 0
+        while yielded < self.num_batches:
+            self.sampler.set_epoch(self.epoch * 100003 + pass_index)
+            for batch in list(self.sampler._batches):
+                if yielded == self.num_batches:
+                    return
+                yielded += 1
+                yield batch
+            pass_index += 1
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+def ptapt_dataset(
+    manifest: str | Path, store: PseudoLabelStore, sample_rate: int, max_seconds: float | None
+) -> DynamicItemDataset:
+    """The audio of a manifest with its pseudo-labels, cropped together: provides
+    ``id``, ``sig`` and ``cluster_labels`` ((frames, n_K) aligned to wav2vec2's frames)."""
+    dataset = DynamicItemDataset.from_json(str(manifest))
+    dataset.add_dynamic_item(cropped_audio_with_labels(store, sample_rate, max_seconds))
+    dataset.set_output_keys(["id", "sig", "cluster_labels"])
+    return dataset
+
+
+def train_ptapt(
+    model: PseudoLabelPretraining,
+    hparams: dict[str, Any],
+    run_opts: Any,
+    train_manifest: str | Path,
+    store: PseudoLabelStore,
+    checkpointer: sb.utils.checkpoints.Checkpointer | None = None,
+) -> PTAPTBrain:
+    """Trains (or resumes) phase 2 on the fold's training utterances.
+
+    Arguments
+    ---------
+    model : PseudoLabelPretraining
+        The wav2vec2 and heads.
+    hparams : dict
+        ``ptapt_steps``, ``ptapt_batch_seconds``, ``ptapt_num_buckets``,
+        ``ptapt_lr``, ``warmup_steps``, ``ptapt_flat_fraction``,
+        ``ptapt_max_seconds``, ``ptapt_seed``, ``ptapt_ckpt_interval_steps``,
+        ``ptapt_log_interval_steps``, ``ptapt_max_grad_norm``, ``ptapt_opt_class``
+        and optionally ``ptapt_train_logger``.
+    run_opts : RunOptions or dict
+        SpeechBrain's run options.
+    train_manifest : str or Path
+        The fold's training manifest (the utterances that were pseudo-labelled).
+    store : PseudoLabelStore
+        The pseudo-labels.
+    checkpointer : Checkpointer, optional
+        Receives the stage's state; an existing checkpoint is resumed.
+    """
+    steps = int(hparams["ptapt_steps"])
+    scheduler = WarmupFlatLinearDecay(
+        hparams["ptapt_lr"], steps, hparams["warmup_steps"], hparams["ptapt_flat_fraction"]
+    )
+    epoch_counter = EpochCounter(limit=1)
+    if checkpointer is not None:
+        checkpointer.add_recoverables(
+            {"wav2vec2": model, "lr_scheduler": scheduler, "counter": epoch_counter,
+             "rng": RandomState()}
+        )
+    opts = _stage_run_opts(
+        run_opts,
+        optimizer_step_limit=steps,
+        ckpt_interval_steps=int(hparams["ptapt_ckpt_interval_steps"]),
+        ckpt_interval_minutes=0.0,
+        max_grad_norm=float(hparams["ptapt_max_grad_norm"]),
+    )
+    brain = PTAPTBrain(
+        modules={"wav2vec2": model},
+        opt_class=hparams["ptapt_opt_class"],
+        hparams={
+            "lr_scheduler": scheduler,
+            "train_logger": hparams.get("ptapt_train_logger"),
+            "log_interval_steps": hparams.get("ptapt_log_interval_steps", 0),
+        },
+        run_opts=opts,
+        checkpointer=checkpointer,
+    )
+    max_seconds = hparams["ptapt_max_seconds"]
+    dataset = ptapt_dataset(train_manifest, store, model.sample_rate, max_seconds)
+    cap = float("inf") if max_seconds is None else float(max_seconds)
+    batches = DynamicBatchSampler(
+        dataset,
+        max_batch_length=float(hparams["ptapt_batch_seconds"]),
+        num_buckets=int(hparams["ptapt_num_buckets"]),
+        length_func=lambda item: min(float(item["duration"]), cap),
+        shuffle=True,
+        batch_ordering="random",
+        seed=int(hparams["ptapt_seed"]),
+    )
+    sampler = StepsOfDynamicBatches(
+        batches, steps * brain.grad_accumulation_factor * _world_size()
+    )
+    loader = brain.make_dataloader(
+        dataset,
+        stage=sb.Stage.TRAIN,
+        batch_sampler=sampler,
+        num_workers=int(hparams.get("ptapt_num_workers", 0)),
+        generator=torch.Generator(),
+    )
+    if brain.train_sampler is None:
+        brain.train_sampler = sampler
+    logger.info(
+        "P-TAPT phase 2 on %d utterances of %s: %d steps of about %s s of audio, K = %s.",
+        len(dataset), train_manifest, steps, hparams["ptapt_batch_seconds"],
+        model.heads.n_clusters,
+    )
+    brain.fit(epoch_counter, loader)
+    return brain
+
+
+def ptapt_fingerprint(
+    hparams: dict[str, Any], train_manifest: str | Path, labels_folder: str | Path
+) -> dict[str, Any]:
+    """The settings, training data and pseudo-labels that define a fold's phase 2."""
+    settings = {key: hparams[key] for key in FINGERPRINT_KEYS}
+    settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
+    settings["n_clusters"] = [int(k) for k in settings["n_clusters"]]
+    settings["train_manifest"] = manifest_digest(train_manifest)
+    with open(Path(labels_folder) / "fingerprint.json", encoding="utf-8") as f:
+        settings["pseudo_labels"] = json.load(f)
+    return json.loads(json.dumps(settings, default=str))
+
+
+def run_ptapt_stage(
+    fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: dict
+) -> str:
+    """The P-TAPT adaptation of one fold, as a recipe's ``adapt`` step.
+
+    1. phase 1: the frame-level emotion model, trained on the fold's training
+       utterances (:func:`speechbrain_ptapt.frame_emotion.run_frame_stage`);
+    2. pseudo-labels: its frame features clustered for every K of ``n_clusters``
+       (main process only; reused when fresh);
+    3. phase 2: wav2vec2 trained to predict the pseudo-labels of masked frames,
+       then saved in transformers format to ``ptapt_adapted_folder``.
+
+    Each step is skipped when its outputs exist and match its inputs, and resumed
+    from its checkpoints when interrupted. The test manifest is never read.
+
+    Returns
+    -------
+    str
+        The adapted backbone folder, for ``wav2vec2_hub``.
+    """
+    from transformers import Wav2Vec2Config
+
+    from speechbrain_ptapt.experiment import load_hparams
+    from speechbrain_ptapt.frame_emotion import run_frame_stage
+
+    hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
+    train_manifest = manifests["train"]
+    train_only = {"train": train_manifest}
+
+    frame_folder = run_frame_stage(fold, hparams_file, overrides, run_opts, train_only)
+
+    backbone_config = Wav2Vec2Config.from_pretrained(
+        str(hparams["wav2vec2_hub"]), cache_dir=hparams["wav2vec2_folder"]
+    )
+    labels_kwargs = dict(
+        frame_model=frame_folder,
+        manifest=train_manifest,
+        out_folder=hparams["pseudo_label_folder"],
+        n_clusters=[int(k) for k in hparams["n_clusters"]],
+        seed=int(hparams["kmeans_seed"]),
+        wav2vec2_config=backbone_config,
+        n_iter=int(hparams["kmeans_iterations"]),
+        max_points_per_cluster=int(hparams["kmeans_points_per_cluster"]),
+        device=hparams.get("kmeans_device") or "cpu",
+    )
+    run_on_main(prepare_pseudo_labels, kwargs=labels_kwargs)
+    labels_folder = prepare_pseudo_labels(**labels_kwargs)
+
+    adapted = Path(hparams["ptapt_adapted_folder"])
+    fingerprint = ptapt_fingerprint(hparams, train_manifest, labels_folder)
+    if adapted.is_dir() and (adapted / MARKER_FILE).is_file():
+        _check_settings(adapted / MARKER_FILE, fingerprint, str(adapted))
+        logger.info("P-TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
+        return str(adapted)
+
+    save_folder = Path(hparams["ptapt_save_folder"])
+    settings_file = save_folder / "ptapt_settings.json"
+    if settings_file.is_file():
+        _check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
+    elif if_main_process():
+        save_folder.mkdir(parents=True, exist_ok=True)
+        with open(settings_file, "w", encoding="utf-8") as f:
+            json.dump({"settings": fingerprint}, f, indent=2)
+    ddp_barrier()
+
+    store = PseudoLabelStore(labels_folder)
+    if [int(k) for k in store.n_clusters] != [int(k) for k in hparams["n_clusters"]]:
+        raise RuntimeError(
+            f"The pseudo-labels in {labels_folder} have K = {store.n_clusters}, "
+            f"not n_clusters = {hparams['n_clusters']}."
+        )
+    seed_everything(int(hparams["ptapt_seed"]))
+    model = hparams["ptapt_model"]()
+    brain = train_ptapt(
+        model,
+        {**hparams, "ptapt_train_logger": hparams["ptapt_train_logger"]()},
+        run_opts,
+        train_manifest,
+        store,
+        hparams["ptapt_checkpointer"](),
+    )
+    if if_main_process():
+        save_adapted(
+            model,
+            adapted,
+            {
+                "settings": fingerprint,
+                "fold": str(fold),
+                "optimizer_steps": int(brain.optimizer_step),
+                "train_manifest": str(train_manifest),
+                "frame_model": str(frame_folder),
+                "pseudo_labels": str(labels_folder),
+            },
+        )
+        logger.info("P-TAPT of fold %s done: adapted backbone in %s.", fold, adapted)
+    ddp_barrier()
+    return str(adapted)
+
+
+def build_ptapt_model(
+    source: str,
+    save_path: str | None,
+    n_clusters: Sequence[int],
+    time_mask_prob: float = 0.06,
+    time_mask_length: int = 15,
+    time_mask_min_masks: int = 2,
+    head_dim: int = 256,
+    layerdrop: float | None = None,
+) -> PseudoLabelPretraining:
+    """The phase-2 model: wav2vec2 from ``source`` (CNN encoder and feature
+    projection frozen) and one pseudo-label head per K."""
+    backbone = Wav2Vec2Backbone(
+        source, save_path=save_path, freeze_feature_encoder=True, layerdrop=layerdrop
+    )
+    time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks)
+    return PseudoLabelPretraining(backbone, n_clusters, time_mask, head_dim)
