@@ -32,6 +32,7 @@ from speechbrain_ptapt.experiment import (
     write_summary,
 )
 from speechbrain_ptapt.preparation import DataPreparationError
+from speechbrain_ptapt.tapt import TAPTSettingsError
 from speechbrain_ptapt.vft import fine_tune
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UnknownLabelError,
     AudioError,
     FileNotFoundError,
+    TAPTSettingsError,
 )
 
 
