@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""P-TAPT pseudo-labels for one IEMOCAP fold: phase-1 frame features, k-means
+codebooks for each K, and cluster-id sequences aligned to wav2vec2's frames.
+
+Writes into ``--out``: ``labels.npy`` + ``index.json`` (read by
+``speechbrain_ptapt.pseudo_labels.PseudoLabelStore``), ``kmeans_<K>.npy``,
+``diagnostics.json`` / ``diagnostics.md`` (cluster usage, purity, NMI against
+emotion), ``fingerprint.json`` and the feature dump in ``features/``. Rerunning
+with the same inputs does nothing; a changed manifest, phase-1 checkpoint, K
+list, seed or backbone geometry recomputes what depends on it, and an
+interrupted feature dump resumes.
+
+Run (once per fold, on the fold's training manifest)::
+
+    python prepare_pseudo_labels.py \\
+        --frame_model results/IEMOCAP/ptapt/fold_1/frame_emotion/final \\
+        --manifest results/IEMOCAP/ptapt/prepared/fold_1/train.json \\
+        --wav2vec2_hub facebook/wav2vec2-base \\
+        --out results/IEMOCAP/ptapt/fold_1/pseudo_labels \\
+        --n_clusters 64 512 4096 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from transformers import Wav2Vec2Config
+
+from speechbrain_ptapt.experiment import configure_stdout_logging
+from speechbrain_ptapt.pseudo_labels import prepare_pseudo_labels
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--frame_model",
+        required=True,
+        help="final folder of the phase-1 model (frame_model.ckpt, frame_model.json)",
+    )
+    parser.add_argument("--manifest", required=True, help="JSON manifest of the utterances")
+    parser.add_argument(
+        "--wav2vec2_hub", required=True, help="hub id or folder of the phase-2 wav2vec2"
+    )
+    parser.add_argument("--out", required=True, help="the pseudo-label folder")
+    parser.add_argument("--n_clusters", type=int, nargs="+", default=[64, 512, 4096])
+    parser.add_argument("--seed", type=int, default=0, help="k-means seed")
+    parser.add_argument("--n_iter", type=int, default=20, help="k-means iterations")
+    parser.add_argument(
+        "--max_points_per_cluster",
+        type=int,
+        default=1000,
+        help="frames sampled per centroid to fit k-means",
+    )
+    parser.add_argument("--batch_size", type=int, default=1, help="utterances per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--sample_rate", type=int, default=16000, help="Hz")
+    parser.add_argument(
+        "--drop_features", action="store_true", help="delete the feature dump at the end"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    """Prepares (or reuses) the pseudo-labels and prints their folder."""
+    args = parse_arguments(argv)
+    configure_stdout_logging()
+    config = Wav2Vec2Config.from_pretrained(args.wav2vec2_hub)
+    folder = prepare_pseudo_labels(
+        args.frame_model,
+        args.manifest,
+        args.out,
+        n_clusters=args.n_clusters,
+        seed=args.seed,
+        wav2vec2_config=config,
+        n_iter=args.n_iter,
+        max_points_per_cluster=args.max_points_per_cluster,
+        batch_size=args.batch_size,
+        device=args.device,
+        sample_rate=args.sample_rate,
+        keep_features=not args.drop_features,
+    )
+    print(folder)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1473 @@
+"""P-TAPT phase 1: the frame-level emotion model whose frame representation k-means
+turns into pseudo-labels (Chen & Rudnicky 2022, Sec. 2.4, Fig. 1a, and the authors' code).
+
+A frozen convolutional feature encoder (wav2vec 1.0's feature extractor, as in the
+paper, or wav2vec2's own CNN) is followed by SpecAugment (training only) and a
+trainable aggregator that outputs one 512-dim vector per 20 ms frame, wav2vec2's frame
+rate. Two heads are trained with the utterance's emotion label: a frame-wise head on
+every valid frame and a BiLSTM whose outputs are mean-pooled over the valid frames;
+the loss is the sum of the two class-weighted cross-entropies. The stage trains on the
+fold's training manifest only, picks the step with the best unweighted accuracy on a
+seeded 10 % validation split of it, and writes that model as
+``<frame_folder>/final/frame_model.ckpt`` + ``frame_model.json``.
+
+Units: waveforms are 16 kHz and measured in samples; "frames" are the encoders' output
+frames of 20 ms (wav2vec 1.0's 10 ms frames after a stride-2 convolution, or wav2vec2's
+CNN frames).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from speechbrain.utils.epoch_loop import EpochCounter
+from speechbrain.utils.seed import seed_everything
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2FeatureEncoder
+
+from speechbrain_ptapt.backbone import (
+    load_feature_extractor,
+    load_pretrained,
+    normalize_waveforms,
+    wav2vec2_frame_lengths,
+)
+from speechbrain_ptapt.checkpointing import RandomState
+from speechbrain_ptapt.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.metrics import classification_metrics
+from speechbrain_ptapt.tapt import WarmupFlatLinearDecay
+from speechbrain_ptapt.vft import masked_mean
+from speechbrain_ptapt.wav2vec1 import (
+    Wav2Vec1,
+    Wav2Vec1Config,
+    ensure_wav2vec1_checkpoint,
+    load_wav2vec1,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FRAME_ENCODERS",
+    "FINAL_FOLDER",
+    "MODEL_FILE",
+    "RECORD_FILE",
+    "ConvAggregator",
+    "EmotionHead",
+    "FrameEmotionBrain",
+    "FrameEmotionModel",
+    "FrameEmotionOutput",
+    "FrameEncoder",
+    "StepBatchSampler",
+    "Wav2Vec1FrameEncoder",
+    "Wav2Vec2CNNFrameEncoder",
+    "build_frame_model",
+    "crop_to_shortest",
+    "frame_emotion_losses",
+    "frame_fingerprint",
+    "labelled_manifest_digest",
+    "load_frame_model",
+    "run_frame_stage",
+    "sample_lengths",
+    "save_frame_model",
+    "split_validation",
+    "train_frame_model",
+]
+
+FRAME_ENCODERS = ("wav2vec1", "w2v2_cnn")
+"""Values of ``frame_encoder``: the paper's wav2vec 1.0, or wav2vec2's own CNN."""
+
+FINAL_FOLDER = "final"
+"""Sub-folder of ``frame_folder`` holding the finished stage's model."""
+
+MODEL_FILE = "frame_model.ckpt"
+"""State dict of the selected :class:`FrameEmotionModel`, in :data:`FINAL_FOLDER`."""
+
+RECORD_FILE = "frame_model.json"
+"""Architecture, settings fingerprint and selection record, in :data:`FINAL_FOLDER`."""
+
+_SETTINGS_FILE = "frame_settings.json"
+_FORMAT_VERSION = 1
+
+#: Hyperparameters that define the stage whatever the encoder.
+_COMMON_KEYS = (
+    "frame_encoder",
+    "classes",
+    "sample_rate",
+    "frame_seed",
+    "frame_steps",
+    "frame_batch_size",
+    "frame_lr",
+    "frame_warmup_steps",
+    "frame_flat_fraction",
+    "frame_valid_ratio",
+    "frame_valid_every",
+    "frame_max_grad_norm",
+    "frame_time_mask_prob",
+    "frame_time_mask_length",
+    "frame_time_mask_min_masks",
+    "frame_channel_mask_prob",
+    "frame_channel_mask_length",
+    "frame_channel_mask_min_masks",
+    "frame_feature_dim",
+    "frame_lstm_dim",
+    "frame_head_dim",
+)
+#: Hyperparameters that define the stage for one encoder only.
+_ENCODER_KEYS = {
+    "wav2vec1": ("wav2vec1_checkpoint",),
+    "w2v2_cnn": ("wav2vec2_hub", "frame_cnn_aggregator_layers", "frame_cnn_aggregator_kernel"),
+}
+
+
+# ----------------------------------------------------------------------------
+# Lengths and crops
+# ----------------------------------------------------------------------------
+
+
+def sample_lengths(wavs: Tensor, wav_lens: Tensor | None) -> Tensor:
+    """(batch,) valid samples of padded waveforms from SpeechBrain's relative lengths.
+
+    Arguments
+    ---------
+    wavs : Tensor
+        (batch, samples) padded waveforms.
+    wav_lens : Tensor or None
+        (batch,) relative lengths in (0, 1]; None means every waveform is whole.
+
+    Returns
+    -------
+    Tensor
+        (batch,) long, ``round(wav_lens * samples)`` clamped to [1, samples].
+    """
+    if wav_lens is None:
+        return torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+    lengths = torch.round(wav_lens.to(torch.float64) * wavs.shape[1]).long()
+    return lengths.clamp(min=1, max=wavs.shape[1]).to(wavs.device)
+
+
+def crop_to_shortest(wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Crop every waveform of a batch to the shortest one, at random offsets.
+
+    The authors' phase-1 batches are built this way, so no sample is padding (the group
+    norms of wav2vec 1.0's and wav2vec2's CNNs would otherwise see it). The offsets come
+    from torch's global random generator.
+
+    Arguments
+    ---------
+    wavs : Tensor
+        (batch, samples) padded waveforms.
+    wav_lens : Tensor or None
+        (batch,) relative lengths.
+
+    Returns
+    -------
+    wavs : Tensor
+        (batch, shortest) crops, ``shortest`` = the smallest valid length in samples.
+    wav_lens : Tensor
+        (batch,) ones.
+    """
+    num_samples = sample_lengths(wavs, wav_lens)
+    shortest = int(num_samples.min())
+    offsets = torch.tensor(
+        [int(torch.randint(0, int(n) - shortest + 1, (1,))) for n in num_samples.tolist()],
+        device=wavs.device,
+    )
+    index = offsets[:, None] + torch.arange(shortest, device=wavs.device)[None, :]
+    return wavs.gather(1, index), torch.ones(wavs.shape[0], device=wavs.device)
+
+
+def _smallest_input(num_frames: Callable[[int], int], start: int = 1) -> int:
+    """Smallest input length in samples for which ``num_frames`` gives one frame."""
+    length = max(1, start)
+    while num_frames(length) < 1:
+        length += 1
+    return length
+
+
+# ----------------------------------------------------------------------------
+# Encoders: frozen CNN features -> SpecAugment -> trainable aggregator
+# ----------------------------------------------------------------------------
+
+
+class FrameEncoder(nn.Module):
+    """Frozen convolutional features, SpecAugment in training mode, trainable aggregator.
+
+    Subclasses provide the frozen features (:meth:`frozen_features`), the aggregator
+    (:meth:`aggregate`), the frame arithmetic (:meth:`raw_num_frames`) and
+    :attr:`min_samples`. :meth:`forward` takes *unpadded*, equal-length waveforms
+    (both encoders normalise over whole utterances, so padding would change the
+    features); :class:`FrameEmotionModel` groups a padded batch by length.
+
+    Arguments
+    ---------
+    feature_dim : int
+        Width of the output frame representation (512 in the paper).
+    time_mask : TimeMask, optional
+        Time masks on the frozen features in training mode; masked frames become 0.
+    channel_mask : ChannelMask, optional
+        Channel masks on the frozen features in training mode; masked channels become 0.
+    """
+
+    kind = ""
+    min_samples = 1
+
+    def __init__(
+        self,
+        feature_dim: int = 512,
+        time_mask: TimeMask | None = None,
+        channel_mask: ChannelMask | None = None,
+    ) -> None:
+        super().__init__()
+        self.feature_dim = int(feature_dim)
+        self.time_mask = time_mask
+        self.channel_mask = channel_mask
+
+    def raw_num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """Frames for inputs of exactly ``num_samples`` samples (0 or less when too short)."""
+        raise NotImplementedError
+
+    def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """Output frames (20 ms) for waveforms of ``num_samples`` samples.
+
+        Inputs shorter than :attr:`min_samples` are zero-padded to it, so every
+        waveform gets at least one frame.
+
+        Arguments
+        ---------
+        num_samples : int or Tensor
+            Waveform length(s) in samples.
+
+        Returns
+        -------
+        int or Tensor
+            Frame count(s), same type as the input.
+        """
+        if isinstance(num_samples, Tensor):
+            return self.raw_num_frames(num_samples.clamp(min=self.min_samples))
+        return int(self.raw_num_frames(max(int(num_samples), self.min_samples)))
+
+    def frozen_features(self, wavs: Tensor) -> Tensor:
+        """(batch, channels, cnn frames) frozen features of equal-length waveforms."""
+        raise NotImplementedError
+
+    def aggregate(self, features: Tensor) -> Tensor:
+        """(batch, feature_dim, frames) frame representation of (masked) frozen features."""
+        raise NotImplementedError
+
+    def architecture(self) -> dict[str, Any]:
+        """What :func:`_encoder_from_architecture` needs to rebuild the encoder."""
+        raise NotImplementedError
+
+    def spec_augment(self, features: Tensor) -> Tensor:
+        """Zero random spans of frames and of channels (one channel draw per utterance).
+
+        Arguments
+        ---------
+        features : Tensor
+            (batch, channels, frames) frozen features.
+
+        Returns
+        -------
+        Tensor
+            Same shape, masked.
+        """
+        batch, channels, frames = features.shape
+        if self.time_mask is not None:
+            lengths = torch.full((batch,), frames, dtype=torch.long)
+            mask = self.time_mask(lengths, frames).to(features.device)
+            features = features.masked_fill(mask[:, None, :], 0.0)
+        if self.channel_mask is not None:
+            mask = self.channel_mask(batch, channels).to(features.device)
+            features = features.masked_fill(mask[:, :, None], 0.0)
+        return features
+
+    def forward(self, wavs: Tensor) -> Tensor:
+        """Frame representation of equal-length waveforms.
+
+        Arguments
+        ---------
+        wavs : Tensor
+            (batch, samples) unpadded 16 kHz waveforms, all ``samples`` long.
+
+        Returns
+        -------
+        Tensor
+            (batch, num_frames(samples), feature_dim).
+        """
+        with torch.no_grad():
+            features = self.frozen_features(wavs)
+        if self.training:
+            features = self.spec_augment(features)
+        return self.aggregate(features).transpose(1, 2)
+
+    def _mask_settings(self) -> dict[str, Any]:
+        return {
+            "time_mask": None
+            if self.time_mask is None
+            else {
+                "prob": self.time_mask.prob,
+                "length": self.time_mask.length,
+                "min_masks": self.time_mask.min_masks,
+            },
+            "channel_mask": None
+            if self.channel_mask is None
+            else {
+                "prob": self.channel_mask.prob,
+                "length": self.channel_mask.length,
+                "min_masks": self.channel_mask.min_masks,
+            },
+        }
+
+
+class Wav2Vec1FrameEncoder(FrameEncoder):
+    """The paper's encoder: wav2vec 1.0 with a frozen feature extractor, SpecAugment on
+    its features, its trainable context aggregator, then Conv1d(512, 512, kernel 4,
+    stride 2) + ReLU from 10 ms to 20 ms frames.
+
+    Frames: ``(wav2vec1 frames - 4) // 2 + 1`` with ``wav2vec1 frames =
+    (samples - 465) // 160 + 1`` for the large model, i.e. within a frame or two of
+    wav2vec2's ``(samples - 400) // 320 + 1``.
+
+    Arguments
+    ---------
+    wav2vec1 : Wav2Vec1
+        The pretrained model; its feature extractor is frozen here and its unused
+        pretraining head dropped.
+    feature_dim : int
+        Output width of the stride-2 convolution (512).
+    time_mask, channel_mask : optional
+        SpecAugment on the extractor features, training mode only.
+    """
+
+    kind = "wav2vec1"
+
+    def __init__(
+        self,
+        wav2vec1: Wav2Vec1,
+        feature_dim: int = 512,
+        time_mask: TimeMask | None = None,
+        channel_mask: ChannelMask | None = None,
+    ) -> None:
+        super().__init__(feature_dim, time_mask, channel_mask)
+        wav2vec1.freeze_feature_extractor()
+        wav2vec1.wav2vec_predictions = None  # pretraining head, unused here
+        self.wav2vec1 = wav2vec1
+        self.downsample = nn.Conv1d(wav2vec1.config.context_dim, self.feature_dim, 4, stride=2)
+        self.min_samples = _smallest_input(self.raw_num_frames, wav2vec1.config.receptive_field)
+
+    def raw_num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """``(wav2vec1 frames - 4) // 2 + 1`` for exactly ``num_samples`` samples."""
+        frames = self.wav2vec1.output_frames(num_samples)
+        if isinstance(frames, Tensor):
+            return torch.div(frames - 4, 2, rounding_mode="floor") + 1
+        return (int(frames) - 4) // 2 + 1
+
+    def frozen_features(self, wavs: Tensor) -> Tensor:
+        """(batch, 512, 10 ms frames) extractor features; short inputs zero-padded."""
+        if wavs.shape[1] < self.min_samples:
+            wavs = F.pad(wavs, (0, self.min_samples - wavs.shape[1]))
+        return self.wav2vec1.extract_features(wavs)
+
+    def aggregate(self, features: Tensor) -> Tensor:
+        """Context aggregator, then the stride-2 convolution + ReLU: (batch, 512, frames)."""
+        return torch.relu(self.downsample(self.wav2vec1.aggregate(features)))
+
+    def architecture(self) -> dict[str, Any]:
+        """The wav2vec 1.0 config and the output width."""
+        return {
+            "kind": self.kind,
+            "feature_dim": self.feature_dim,
+            "wav2vec1_config": asdict(self.wav2vec1.config),
+            **self._mask_settings(),
+        }
+
+
+class _FrameLayerNorm(nn.LayerNorm):
+    """Layer norm over the channels of each frame of a (batch, channels, frames) tensor."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` (batch, channels, frames); same shape."""
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ConvAggregator(nn.Module):
+    """Convolutional context network for wav2vec2's CNN features: per-frame layer
+    norm and a 1x1 projection to ``out_dim``, then ``num_layers`` residual blocks
+    ``x + ReLU(LayerNorm(Conv1d(x)))`` (stride 1, same-length padding), then ReLU.
+
+    Normalisation is per frame, so the aggregator keeps the frame count and adds no
+    dependence on the utterance length; each block widens the context by
+    ``kernel_size - 1`` frames (3 blocks of kernel 5: 13 frames, 260 ms).
+
+    Arguments
+    ---------
+    in_dim : int
+        Channels of the CNN features (512 for wav2vec2-base).
+    out_dim : int
+        Width of the frame representation (512).
+    num_layers : int
+        Residual convolution blocks.
+    kernel_size : int
+        Odd kernel of the block convolutions, in frames.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int = 512, num_layers: int = 3, kernel_size: int = 5
+    ) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same-length output), got {kernel_size}")
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        self.input_norm = _FrameLayerNorm(in_dim)
+        self.input_proj = nn.Conv1d(in_dim, out_dim, 1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv1d(out_dim, out_dim, kernel_size, padding=kernel_size // 2),
+                _FrameLayerNorm(out_dim),
+                nn.ReLU(),
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(batch, in_dim, frames) -> (batch, out_dim, frames)."""
+        hidden = self.input_proj(self.input_norm(features))
+        for block in self.blocks:
+            hidden = hidden + block(hidden)
+        return torch.relu(hidden)
+
+
+class Wav2Vec2CNNFrameEncoder(FrameEncoder):
+    """wav2vec2's own CNN feature encoder (frozen), SpecAugment on its features and a
+    trainable :class:`ConvAggregator`: 20 ms frames, exactly wav2vec2's frame count.
+
+    Arguments
+    ---------
+    cnn : Wav2Vec2FeatureEncoder
+        The CNN of a (pretrained) wav2vec2; frozen here.
+    config : Wav2Vec2Config
+        Its config (frame arithmetic, and rebuilding the CNN in :func:`load_frame_model`).
+    normalize : bool
+        Normalise each waveform to zero mean, unit variance first (wav2vec2-base's
+        preprocessing).
+    feature_dim : int
+        Width of the frame representation (512).
+    aggregator_layers, aggregator_kernel : int
+        Residual blocks and their odd kernel (frames) in the aggregator.
+    time_mask, channel_mask : optional
+        SpecAugment on the CNN features, training mode only.
+    """
+
+    kind = "w2v2_cnn"
+
+    def __init__(
+        self,
+        cnn: Wav2Vec2FeatureEncoder,
+        config: Wav2Vec2Config,
+        normalize: bool = True,
+        feature_dim: int = 512,
+        aggregator_layers: int = 3,
+        aggregator_kernel: int = 5,
+        time_mask: TimeMask | None = None,
+        channel_mask: ChannelMask | None = None,
+    ) -> None:
+        super().__init__(feature_dim, time_mask, channel_mask)
+        cnn._freeze_parameters()
+        self.cnn = cnn.eval()
+        self.wav2vec2_config = config
+        self.normalize = bool(normalize)
+        self.aggregator_layers = int(aggregator_layers)
+        self.aggregator_kernel = int(aggregator_kernel)
+        self.aggregator = ConvAggregator(
+            int(config.conv_dim[-1]), self.feature_dim, self.aggregator_layers, aggregator_kernel
+        )
+        self.min_samples = _smallest_input(self.raw_num_frames)
+
+    def train(self, mode: bool = True) -> Wav2Vec2CNNFrameEncoder:
+        """Set train/eval mode; the frozen CNN stays in eval mode."""
+        super().train(mode)
+        self.cnn.eval()
+        return self
+
+    def raw_num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """wav2vec2's own length formula (``(samples - 400) // 320 + 1`` for base)."""
+        frames = wav2vec2_frame_lengths(self.wav2vec2_config, num_samples)
+        return frames if isinstance(num_samples, Tensor) else int(frames)
+
+    def frozen_features(self, wavs: Tensor) -> Tensor:
+        """(batch, conv_dim, frames) CNN features; input normalised, then short inputs
+        zero-padded to the receptive field (400 samples for base)."""
+        if self.normalize:
+            wavs = normalize_waveforms(wavs, sample_lengths(wavs, None))
+        if wavs.shape[1] < self.min_samples:
+            wavs = F.pad(wavs, (0, self.min_samples - wavs.shape[1]))
+        return self.cnn(wavs)
+
+    def aggregate(self, features: Tensor) -> Tensor:
+        """The trainable aggregator: (batch, feature_dim, frames)."""
+        return self.aggregator(features)
+
+    def architecture(self) -> dict[str, Any]:
+        """The wav2vec2 config (the CNN is rebuilt from it) and the aggregator shape."""
+        return {
+            "kind": self.kind,
+            "feature_dim": self.feature_dim,
+            "wav2vec2_config": self.wav2vec2_config.to_dict(),
+            "normalize": self.normalize,
+            "aggregator_layers": self.aggregator_layers,
+            "aggregator_kernel": self.aggregator_kernel,
+            **self._mask_settings(),
+        }
+
+
+# ----------------------------------------------------------------------------
+# The model: encoder + frame-wise head + BiLSTM mean-pooled head
+# ----------------------------------------------------------------------------
+
+
+class EmotionHead(nn.Sequential):
+    """Linear(in_dim, hidden) - Tanh - Linear(hidden, n_classes) on the last axis."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, n_classes: int) -> None:
+        super().__init__(nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, n_classes))
+
+
+@dataclass
+class FrameEmotionOutput:
+    """What :class:`FrameEmotionModel` computes for a batch.
+
+    Attributes
+    ----------
+    frame_logits : Tensor
+        (batch, frames, n_classes) frame-wise head.
+    utterance_logits : Tensor
+        (batch, n_classes) BiLSTM mean-pooled head.
+    frame_mask : Tensor
+        (batch, frames) bool, True on valid frames.
+    """
+
+    frame_logits: Tensor
+    utterance_logits: Tensor
+    frame_mask: Tensor
+
+    def utterance_log_probs(self) -> Tensor:
+        """(batch, n_classes) mean of the two heads' log-probabilities, the frame head
+        averaged over valid frames: the utterance prediction used for validation."""
+        frame = masked_mean(torch.log_softmax(self.frame_logits.float(), -1), self.frame_mask)
+        return 0.5 * (frame + torch.log_softmax(self.utterance_logits.float(), -1))
+
+
+class FrameEmotionModel(nn.Module):
+    """Frame-level emotion model of P-TAPT phase 1.
+
+    ``encoder`` turns waveforms into 512-dim frames at 20 ms (the representation
+    clustered into pseudo-labels); a frame-wise :class:`EmotionHead` classifies every
+    frame; a BiLSTM (``lstm_dim`` outputs, half per direction) is mean-pooled over valid
+    frames, passed through ReLU and another :class:`EmotionHead`.
+
+    Waveforms of different lengths are encoded one length group at a time, so a frame's
+    representation never depends on the padding or on the other utterances of a batch.
+
+    Arguments
+    ---------
+    encoder : FrameEncoder
+        :class:`Wav2Vec1FrameEncoder` or :class:`Wav2Vec2CNNFrameEncoder`.
+    n_classes : int
+        Emotion classes.
+    lstm_dim : int
+        BiLSTM output width (authors' code: 512, i.e. 256 per direction).
+    head_dim : int
+        Hidden width of both heads (128).
+    """
+
+    def __init__(
+        self, encoder: FrameEncoder, n_classes: int, lstm_dim: int = 512, head_dim: int = 128
+    ) -> None:
+        super().__init__()
+        if lstm_dim % 2:
+            raise ValueError(f"lstm_dim must be even (two directions), got {lstm_dim}")
+        self.encoder = encoder
+        self.n_classes = int(n_classes)
+        self.lstm_dim = int(lstm_dim)
+        self.head_dim = int(head_dim)
+        self.frame_head = EmotionHead(encoder.feature_dim, head_dim, n_classes)
+        self.lstm = nn.LSTM(
+            encoder.feature_dim, lstm_dim // 2, bidirectional=True, batch_first=True
+        )
+        self.utterance_head = EmotionHead(lstm_dim, head_dim, n_classes)
+
+    @property
+    def frame_encoder(self) -> str:
+        """``"wav2vec1"`` or ``"w2v2_cnn"``."""
+        return self.encoder.kind
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of :meth:`frame_features` (512)."""
+        return self.encoder.feature_dim
+
+    def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """Frames (20 ms) for waveforms of ``num_samples`` samples; see
+        :meth:`FrameEncoder.num_frames`."""
+        return self.encoder.num_frames(num_samples)
+
+    def encode(self, wavs: Tensor, wav_lens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Frame representation of a padded batch (masks in training mode only).
+
+        Arguments
+        ---------
+        wavs : Tensor
+            (batch, samples) padded 16 kHz waveforms.
+        wav_lens : Tensor, optional
+            (batch,) relative lengths; None when no waveform is padded.
+
+        Returns
+        -------
+        features : Tensor
+            (batch, frames, feature_dim), 0 on padding frames;
+            ``frames = max(num_frames(valid samples))``.
+        frame_mask : Tensor
+            (batch, frames) bool, True on the ``num_frames(valid samples)`` valid frames.
+        """
+        num_samples = sample_lengths(wavs, wav_lens)
+        frame_lens = self.num_frames(num_samples)
+        lengths = num_samples.tolist()
+        if len(set(lengths)) == 1:
+            features = self.encoder(wavs[:, : lengths[0]])
+        else:
+            features = None
+            for length in sorted(set(lengths)):
+                rows = (num_samples == length).nonzero(as_tuple=True)[0]
+                group = self.encoder(wavs[rows, :length])
+                if features is None:
+                    features = group.new_zeros(wavs.shape[0], int(frame_lens.max()), group.shape[2])
+                features[rows, : group.shape[1]] = group
+        positions = torch.arange(features.shape[1], device=features.device)
+        frame_mask = positions[None, :] < frame_lens.to(features.device)[:, None]
+        return features, frame_mask
+
+    def frame_features(self, wavs: Tensor, wav_lens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The 512-dim frame representation that k-means clusters (eval mode, no
+        masks, no gradient): the stride-2 convolution + ReLU output (wav2vec1) or the
+        aggregator output (w2v2_cnn).
+
+        Arguments
+        ---------
+        wavs : Tensor
+            (batch, samples) padded 16 kHz waveforms.
+        wav_lens : Tensor, optional
+            (batch,) relative lengths; None when no waveform is padded.
+
+        Returns
+        -------
+        features : Tensor
+            (batch, frames, feature_dim), frames of 20 ms, 0 on padding frames.
+        frame_mask : Tensor
+            (batch, frames) bool, True on valid frames.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self.encode(wavs, wav_lens)
+        finally:
+            self.train(was_training)
+
+    def forward(self, wavs: Tensor, wav_lens: Tensor | None = None) -> FrameEmotionOutput:
+        """Both heads' logits for a padded batch.
+
+        Arguments
+        ---------
+        wavs : Tensor
+            (batch, samples) padded 16 kHz waveforms.
+        wav_lens : Tensor, optional
+            (batch,) relative lengths.
+
+        Returns
+        -------
+        FrameEmotionOutput
+        """
+        features, frame_mask = self.encode(wavs, wav_lens)
+        frame_logits = self.frame_head(features)
+        lengths = frame_mask.sum(dim=1).cpu()
+        packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
+        hidden, _ = self.lstm(packed)
+        hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=features.shape[1])
+        pooled = torch.relu(masked_mean(hidden, frame_mask))
+        return FrameEmotionOutput(frame_logits, self.utterance_head(pooled), frame_mask)
+
+    def architecture(self) -> dict[str, Any]:
+        """Everything :meth:`from_architecture` needs to rebuild the model (no weights)."""
+        return {
+            "frame_encoder": self.frame_encoder,
+            "n_classes": self.n_classes,
+            "lstm_dim": self.lstm_dim,
+            "head_dim": self.head_dim,
+            "encoder": self.encoder.architecture(),
+        }
+
+    @classmethod
+    def from_architecture(cls, architecture: Mapping[str, Any]) -> FrameEmotionModel:
+        """A randomly initialised model of the recorded architecture (no download, no hub).
+
+        Arguments
+        ---------
+        architecture : mapping
+            The output of :meth:`architecture` (e.g. read from ``frame_model.json``).
+
+        Returns
+        -------
+        FrameEmotionModel
+        """
+        return cls(
+            _encoder_from_architecture(architecture["encoder"]),
+            n_classes=int(architecture["n_classes"]),
+            lstm_dim=int(architecture["lstm_dim"]),
+            head_dim=int(architecture["head_dim"]),
+        )
+
+
+def _masks_from_record(record: Mapping[str, Any]) -> tuple[TimeMask | None, ChannelMask | None]:
+    time_mask = record.get("time_mask")
+    channel_mask = record.get("channel_mask")
+    return (
+        None if time_mask is None else TimeMask(**time_mask),
+        None if channel_mask is None else ChannelMask(**channel_mask),
+    )
+
+
+def _encoder_from_architecture(record: Mapping[str, Any]) -> FrameEncoder:
+    """Rebuild an encoder (random weights) from :meth:`FrameEncoder.architecture`."""
+    time_mask, channel_mask = _masks_from_record(record)
+    if record["kind"] == "wav2vec1":
+        return Wav2Vec1FrameEncoder(
+            Wav2Vec1(Wav2Vec1Config(**record["wav2vec1_config"])),
+            feature_dim=int(record["feature_dim"]),
+            time_mask=time_mask,
+            channel_mask=channel_mask,
+        )
+    if record["kind"] == "w2v2_cnn":
+        config = Wav2Vec2Config.from_dict(dict(record["wav2vec2_config"]))
+        return Wav2Vec2CNNFrameEncoder(
+            Wav2Vec2FeatureEncoder(config),
+            config,
+            normalize=bool(record["normalize"]),
+            feature_dim=int(record["feature_dim"]),
+            aggregator_layers=int(record["aggregator_layers"]),
+            aggregator_kernel=int(record["aggregator_kernel"]),
+            time_mask=time_mask,
+            channel_mask=channel_mask,
+        )
+    raise ValueError(f"unknown frame encoder {record['kind']!r}; expected one of {FRAME_ENCODERS}")
+
+
+def build_frame_model(
+    frame_encoder: str,
+    n_classes: int,
+    wav2vec1_checkpoint: str | os.PathLike[str] | None = None,
+    wav2vec1_folder: str | os.PathLike[str] | None = None,
+    wav2vec2_hub: str | None = None,
+    wav2vec2_folder: str | None = None,
+    time_mask: TimeMask | None = None,
+    channel_mask: ChannelMask | None = None,
+    feature_dim: int = 512,
+    lstm_dim: int = 512,
+    head_dim: int = 128,
+    cnn_aggregator_layers: int = 3,
+    cnn_aggregator_kernel: int = 5,
+) -> FrameEmotionModel:
+    """A phase-1 model with pretrained encoder weights (the yaml's ``frame_model``).
+
+    Arguments
+    ---------
+    frame_encoder : str
+        ``"wav2vec1"`` (the paper's) or ``"w2v2_cnn"``.
+    n_classes : int
+        Emotion classes.
+    wav2vec1_checkpoint : path, optional
+        fairseq ``wav2vec_large.pt``; when missing it is downloaded into
+        ``wav2vec1_folder`` (see :func:`ensure_wav2vec1_checkpoint`).
+    wav2vec1_folder : path, optional
+        Where the downloaded checkpoint is kept.
+    wav2vec2_hub : str, optional
+        Hub id or local folder whose CNN feature encoder ``w2v2_cnn`` uses.
+    wav2vec2_folder : str, optional
+        Cache folder for hub downloads.
+    time_mask, channel_mask : optional
+        SpecAugment on the frozen features (training mode only).
+    feature_dim, lstm_dim, head_dim : int
+        Frame representation width (512), BiLSTM output width (512), head hidden width
+        (128).
+    cnn_aggregator_layers, cnn_aggregator_kernel : int
+        Shape of the ``w2v2_cnn`` aggregator.
+
+    Returns
+    -------
+    FrameEmotionModel
+    """
+    if frame_encoder == "wav2vec1":
+        if wav2vec1_checkpoint is None and wav2vec1_folder is None:
+            raise ValueError(
+                "frame_encoder 'wav2vec1' needs wav2vec1_checkpoint or wav2vec1_folder"
+            )
+        path = ensure_wav2vec1_checkpoint(
+            wav2vec1_checkpoint, wav2vec1_folder if wav2vec1_folder is not None else "."
+        )
+        encoder: FrameEncoder = Wav2Vec1FrameEncoder(
+            load_wav2vec1(path), feature_dim, time_mask, channel_mask
+        )
+    elif frame_encoder == "w2v2_cnn":
+        if wav2vec2_hub is None:
+            raise ValueError("frame_encoder 'w2v2_cnn' needs wav2vec2_hub")
+        wav2vec2 = load_pretrained(Wav2Vec2Model, str(wav2vec2_hub), wav2vec2_folder)
+        preprocessor: Wav2Vec2FeatureExtractor = load_feature_extractor(
+            str(wav2vec2_hub), wav2vec2_folder
+        )
+        encoder = Wav2Vec2CNNFrameEncoder(
+            wav2vec2.feature_extractor,
+            wav2vec2.config,
+            normalize=bool(getattr(preprocessor, "do_normalize", True)),
+            feature_dim=feature_dim,
+            aggregator_layers=cnn_aggregator_layers,
+            aggregator_kernel=cnn_aggregator_kernel,
+            time_mask=time_mask,
+            channel_mask=channel_mask,
+        )
+    else:
+        raise ValueError(f"frame_encoder must be one of {FRAME_ENCODERS}, got {frame_encoder!r}")
+    return FrameEmotionModel(encoder, n_classes, lstm_dim=lstm_dim, head_dim=head_dim)
+
+
+def frame_emotion_losses(
+    output: FrameEmotionOutput, targets: Tensor, class_weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The two class-weighted cross-entropies of phase 1 (their sum is optimised).
+
+    Arguments
+    ---------
+    output : FrameEmotionOutput
+        The model's output for a batch.
+    targets : Tensor
+        (batch,) class indices, one label per utterance.
+    class_weights : Tensor, optional
+        (n_classes,) weights, e.g. the inverse class prior of the training split.
+
+    Returns
+    -------
+    frame_loss : Tensor
+        () weighted mean over every valid frame of the batch, each frame labelled with
+        its utterance's class.
+    utterance_loss : Tensor
+        () weighted mean over utterances of the BiLSTM head's loss.
+    """
+    weight = None if class_weights is None else class_weights.to(targets.device).float()
+    mask = output.frame_mask
+    frame_targets = targets[:, None].expand(mask.shape)[mask]
+    frame_loss = F.cross_entropy(output.frame_logits[mask].float(), frame_targets, weight=weight)
+    utterance_loss = F.cross_entropy(output.utterance_logits.float(), targets, weight=weight)
+    return frame_loss, utterance_loss
+
+
+# ----------------------------------------------------------------------------
+# Data: validation split, step-counted batches
+# ----------------------------------------------------------------------------
+
+
+def split_validation(
+    manifest: str | Path, valid_ratio: float, seed: int, out_folder: str | Path
+) -> tuple[Path, Path]:
+    """Carve a random validation split out of a training manifest.
+
+    The split depends only on the manifest's utterance ids and ``seed``: the ids are
+    sorted, permuted by ``numpy.random.default_rng(seed)`` and the first
+    ``max(1, round(valid_ratio * N))`` go to validation (at least one utterance stays
+    for training).
+
+    Arguments
+    ---------
+    manifest : str or Path
+        The fold's training manifest (SpeechBrain JSON).
+    valid_ratio : float
+        Share of utterances held out, in (0, 1).
+    seed : int
+        Seed of the draw.
+    out_folder : str or Path
+        Where ``train_split.json`` and ``valid_split.json`` are written (atomically).
+
+    Returns
+    -------
+    tuple of Path
+        ``(train_split.json, valid_split.json)``, subsets of ``manifest``.
+    """
+    from speechbrain_ptapt.experiment import read_json, write_json
+
+    if not 0.0 < valid_ratio < 1.0:
+        raise ValueError(f"frame_valid_ratio must be in (0, 1), got {valid_ratio}")
+    data = read_json(manifest)
+    if len(data) < 2:
+        raise ValueError(f"{manifest} has {len(data)} utterance(s): cannot hold one out")
+    ids = sorted(data)
+    order = np.random.default_rng(int(seed)).permutation(len(ids))
+    n_valid = min(max(1, round(valid_ratio * len(ids))), len(ids) - 1)
+    valid_ids = {ids[i] for i in order[:n_valid]}
+    out_folder = Path(out_folder)
+    train_path, valid_path = out_folder / "train_split.json", out_folder / "valid_split.json"
+    if if_main_process():
+        write_json(train_path, {k: v for k, v in data.items() if k not in valid_ids})
+        write_json(valid_path, {k: v for k, v in data.items() if k in valid_ids})
+    ddp_barrier()
+    return train_path, valid_path
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Random batches for a fixed number of optimizer steps, cut into epochs.
+
+    An endless stream of passes over the data: pass ``p`` is a permutation drawn from
+    ``numpy.random.default_rng([seed, p])``, cut into full batches (the remainder is
+    dropped, as in the authors' code; with fewer items than ``batch_size`` a pass is
+    one batch of all). Epoch ``e`` (1-based) yields batches
+    ``[(e - 1) * batches_per_epoch, e * batches_per_epoch)`` of the stream, never
+    beyond ``total_batches``, so an interrupted stage can skip what it has seen.
+
+    Arguments
+    ---------
+    num_items : int
+        Utterances in the dataset.
+    batch_size : int
+        Utterances per batch.
+    total_batches : int
+        Batches of the whole stage.
+    batches_per_epoch : int
+        Batches between two validations.
+    seed : int
+        Seed of the permutations.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        total_batches: int,
+        batches_per_epoch: int,
+        seed: int = 0,
+    ) -> None:
+        if num_items < 1 or batch_size < 1 or total_batches < 0 or batches_per_epoch < 1:
+            raise ValueError(
+                f"need num_items, batch_size, batches_per_epoch >= 1 and total_batches >= 0; "
+                f"got {num_items}, {batch_size}, {batches_per_epoch}, {total_batches}"
+            )
+        self.num_items = int(num_items)
+        self.batch_size = int(batch_size)
+        self.total_batches = int(total_batches)
+        self.batches_per_epoch = int(batches_per_epoch)
+        self.seed = int(seed)
+        self.epoch = 1
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs needed to yield ``total_batches``."""
+        return max(1, math.ceil(self.total_batches / self.batches_per_epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (1-based; SpeechBrain calls this before each epoch)."""
+        self.epoch = int(epoch)
+
+    def one_pass(self, pass_index: int) -> list[list[int]]:
+        """The batches of pass ``pass_index`` over the data."""
+        order = np.random.default_rng([self.seed, pass_index]).permutation(self.num_items)
+        size = min(self.batch_size, self.num_items)
+        return [order[i : i + size].tolist() for i in range(0, self.num_items - size + 1, size)]
+
+    def _stream(self) -> Iterator[list[int]]:
+        for pass_index in itertools.count():
+            yield from self.one_pass(pass_index)
+
+    def _bounds(self) -> tuple[int, int]:
+        start = min((self.epoch - 1) * self.batches_per_epoch, self.total_batches)
+        return start, min(start + self.batches_per_epoch, self.total_batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start, stop = self._bounds()
+        return itertools.islice(self._stream(), start, stop)
+
+    def __len__(self) -> int:
+        start, stop = self._bounds()
+        return stop - start
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+
+class FrameEmotionBrain(sb.Brain):
+    """Trains a :class:`FrameEmotionModel` (``modules.model``) for a fixed number of
+    optimizer steps, validating every epoch (``frame_valid_every`` steps).
+
+    Training batches are cropped to their shortest utterance at random offsets; the
+    loss is the sum of :func:`frame_emotion_losses`. After each validation a checkpoint
+    is saved with the validation ``ua`` (unweighted accuracy of
+    :meth:`FrameEmotionOutput.utterance_log_probs`), keeping the most recent one and the
+    best one by ``ua``.
+
+    Expects in hparams: ``class_weights`` (tensor), ``lr_scheduler`` (a
+    :class:`~speechbrain_ptapt.tapt.WarmupFlatLinearDecay`), ``n_classes`` and
+    optionally ``train_logger``.
+    """
+
+    def compute_forward(self, batch, stage) -> FrameEmotionOutput:
+        """Model output; training batches are cropped to their shortest utterance."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        if stage == sb.Stage.TRAIN:
+            wavs, wav_lens = crop_to_shortest(wavs, wav_lens)
+        return self.modules.model(wavs, wav_lens)
+
+    def compute_objectives(self, predictions: FrameEmotionOutput, batch, stage) -> Tensor:
+        """Sum of the frame-wise and utterance-level weighted cross-entropies."""
+        targets = batch.emo_encoded.data[:, 0].to(predictions.utterance_logits.device)
+        frame_loss, utterance_loss = frame_emotion_losses(
+            predictions, targets, self.hparams.class_weights
+        )
+        if stage != sb.Stage.TRAIN:
+            scores = predictions.utterance_log_probs().detach()
+            self._targets.extend(targets.cpu().tolist())
+            self._predictions.extend(scores.argmax(dim=-1).cpu().tolist())
+            mask = predictions.frame_mask
+            frame_hits = predictions.frame_logits.argmax(dim=-1) == targets[:, None]
+            self._frame_hits += int(frame_hits[mask].sum())
+            self._frames += int(mask.sum())
+        return frame_loss + utterance_loss
+
+    def on_fit_batch_start(self, batch, should_step: bool) -> None:
+        """Sets the learning rate of the coming optimizer step."""
+        if should_step:
+            self.lr = self.hparams.lr_scheduler(self.optimizer)
+
+    def on_stage_start(self, stage, epoch=None) -> None:
+        """Resets the collected validation predictions."""
+        if stage != sb.Stage.TRAIN:
+            self._targets: list[int] = []
+            self._predictions: list[int] = []
+            self._frame_hits = 0
+            self._frames = 0
+
+    def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
+        """Training: keep the loss. Validation: metrics, log line, checkpoint."""
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = float(stage_loss)
+            return
+        metrics = classification_metrics(self._targets, self._predictions, self.hparams.n_classes)
+        self.valid_stats = {
+            "loss": float(stage_loss),
+            "ua": metrics["ua"],
+            "wa": metrics["wa"],
+            "frame_acc": self._frame_hits / max(self._frames, 1),
+        }
+        meta = {"optimizer_step": int(self.optimizer_step), "lr": float(getattr(self, "lr", 0.0))}
+        train_logger = getattr(self.hparams, "train_logger", None)
+        if train_logger is not None:
+            train_logger.log_stats(
+                stats_meta={"epoch": epoch, **meta},
+                train_stats={"loss": getattr(self, "train_loss", float("nan"))},
+                valid_stats=self.valid_stats,
+            )
+        if stage == sb.Stage.VALID and self.checkpointer is not None:
+            self.checkpointer.save_and_keep_only(
+                meta={**meta, **self.valid_stats}, max_keys=["ua"], num_to_keep=1
+            )
+
+
+def _run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
+    """The user's run options (device, precision ...) with the stage's own values."""
+    if run_opts is None:
+        base: dict[str, Any] = {}
+    elif isinstance(run_opts, Mapping):
+        base = dict(run_opts)
+    else:
+        base = {key: run_opts[key] for key in run_opts.overridden_args}
+    base.update(forced)
+    return base
+
+
+def train_frame_model(
+    model: FrameEmotionModel,
+    hparams: Mapping[str, Any],
+    run_opts: Any,
+    train_manifest: str | Path,
+    valid_manifest: str | Path,
+    class_weights: Tensor,
+    checkpointer: sb.utils.checkpoints.Checkpointer | None = None,
+) -> FrameEmotionBrain:
+    """Train (or resume) phase 1 on ``train_manifest``, validating on ``valid_manifest``.
+
+    Arguments
+    ---------
+    model : FrameEmotionModel
+        The model, encoder weights loaded.
+    hparams : mapping
+        ``classes``, ``sample_rate``, ``frame_steps``, ``frame_batch_size``, ``frame_lr``,
+        ``frame_warmup_steps``, ``frame_flat_fraction``, ``frame_valid_every``,
+        ``frame_valid_batch_size``, ``frame_seed``, ``frame_ckpt_interval_steps``,
+        ``frame_max_grad_norm``, ``frame_num_workers``, ``frame_opt_class`` and optionally
+        ``frame_train_logger`` (an instance).
+    run_opts : RunOptions or dict
+        SpeechBrain's run options.
+    train_manifest, valid_manifest : str or Path
+        The training part and the validation split (SpeechBrain JSON manifests).
+    class_weights : Tensor
+        (n_classes,) loss weights.
+    checkpointer : Checkpointer, optional
+        Receives the stage's state after every validation (and every
+        ``frame_ckpt_interval_steps`` steps); an existing checkpoint is resumed.
+
+    Returns
+    -------
+    FrameEmotionBrain
+        The brain after training (``optimizer_step == frame_steps``).
+    """
+    from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
+
+    steps = int(hparams["frame_steps"])
+    valid_every = max(1, min(int(hparams["frame_valid_every"]), steps))
+    scheduler = WarmupFlatLinearDecay(
+        hparams["frame_lr"],
+        steps,
+        int(hparams["frame_warmup_steps"]),
+        float(hparams["frame_flat_fraction"]),
+    )
+    encoder = make_label_encoder(hparams["classes"])
+    train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"])
+    valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=True)
+
+    max_grad_norm = float(hparams["frame_max_grad_norm"])
+    opts = _run_options(
+        run_opts,
+        optimizer_step_limit=steps,
+        ckpt_interval_steps=int(hparams["frame_ckpt_interval_steps"]),
+        ckpt_interval_minutes=0.0,
+        max_grad_norm=max_grad_norm if max_grad_norm > 0 else math.inf,
+    )
+    brain = FrameEmotionBrain(
+        modules={"model": model},
+        opt_class=hparams["frame_opt_class"],
+        hparams={
+            "class_weights": class_weights,
+            "lr_scheduler": scheduler,
+            "n_classes": len(hparams["classes"]),
+            "train_logger": hparams.get("frame_train_logger"),
+        },
+        run_opts=opts,
+        checkpointer=checkpointer,
+    )
+    accumulation = int(brain.grad_accumulation_factor)
+    sampler = StepBatchSampler(
+        len(train_set),
+        int(hparams["frame_batch_size"]),
+        total_batches=steps * accumulation,
+        batches_per_epoch=valid_every * accumulation,
+        seed=int(hparams["frame_seed"]),
+    )
+    epoch_counter = EpochCounter(limit=sampler.num_epochs)
+    if checkpointer is not None:
+        checkpointer.add_recoverables(
+            {
+                "model": model,
+                "lr_scheduler": scheduler,
+                "counter": epoch_counter,
+                "rng": RandomState(),
+            }
+        )
+    workers = int(hparams.get("frame_num_workers", 0))
+    # Private generators: creating the loaders' iterators draws nothing from the global
+    # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
+    train_loader = brain.make_dataloader(
+        train_set,
+        stage=sb.Stage.TRAIN,
+        batch_sampler=sampler,
+        num_workers=workers,
+        generator=torch.Generator(),
+    )
+    valid_loader = brain.make_dataloader(
+        valid_set,
+        stage=sb.Stage.VALID,
+        ckpt_prefix=None,
+        num_workers=workers,
+        batch_size=int(hparams.get("frame_valid_batch_size", 1)),
+        generator=torch.Generator(),
+    )
+    brain.train_sampler = sampler
+    logger.info(
+        "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d: %d steps of %d, "
+        "validation every %d steps.",
+        model.frame_encoder,
+        len(train_set),
+        train_manifest,
+        len(valid_set),
+        steps,
+        hparams["frame_batch_size"],
+        valid_every,
+    )
+    brain.fit(epoch_counter, train_loader, valid_loader)
+    return brain
+
+
+# ----------------------------------------------------------------------------
+# The stage: fingerprint, skip/resume, final model
+# ----------------------------------------------------------------------------
+
+
+def labelled_manifest_digest(manifest: str | Path) -> str:
+    """SHA-256 of a manifest's utterance ids, durations and emotion labels (not of its
+    paths, so moving the corpus keeps the digest)."""
+    with open(manifest, encoding="utf-8") as f:
+        data = json.load(f)
+    items = sorted(
+        (str(k), round(float(v.get("duration", 0.0)), 4), str(v.get("emo")))
+        for k, v in data.items()
+    )
+    return hashlib.sha256(json.dumps(items).encode("utf-8")).hexdigest()
+
+
+def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) -> dict[str, Any]:
+    """The settings that define a fold's phase 1, plus its training data digest.
+
+    Arguments
+    ---------
+    hparams : mapping
+        The stage's hyperparameters (see :data:`_COMMON_KEYS` and :data:`_ENCODER_KEYS`).
+    train_manifest : str or Path
+        The fold's training manifest.
+
+    Returns
+    -------
+    dict
+        JSON-compatible settings; ``train_manifest`` holds
+        :func:`labelled_manifest_digest`.
+    """
+    encoder = hparams["frame_encoder"]
+    if encoder not in FRAME_ENCODERS:
+        raise ValueError(f"frame_encoder must be one of {FRAME_ENCODERS}, got {encoder!r}")
+    keys = _COMMON_KEYS + _ENCODER_KEYS[encoder]
+    settings = {key: hparams[key] for key in keys}
+    for key in ("wav2vec1_checkpoint", "wav2vec2_hub"):
+        if settings.get(key) is not None:
+            settings[key] = str(settings[key])
+    settings["classes"] = list(settings["classes"])
+    settings["train_manifest"] = labelled_manifest_digest(train_manifest)
+    return json.loads(json.dumps(settings))
+
+
+def save_frame_model(model: FrameEmotionModel, folder: str | Path, record: dict[str, Any]) -> Path:
+    """Write :data:`MODEL_FILE` (state dict) and :data:`RECORD_FILE` (``record`` plus the
+    architecture) into a temporary folder, then rename it to ``folder``: a folder of
+    that name is always complete.
+
+    Arguments
+    ---------
+    model : FrameEmotionModel
+        The model to save.
+    folder : str or Path
+        The final folder (must not exist).
+    record : dict
+        Extra JSON entries (settings fingerprint, selected step ...).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save(state, partial / MODEL_FILE)
+    content = {"format_version": _FORMAT_VERSION, **record, "architecture": model.architecture()}
+    with open(partial / RECORD_FILE, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2)
+    os.rename(partial, folder)
+    return folder
+
+
+def load_frame_model(
+    final_folder: str | Path, map_location: str | torch.device = "cpu"
+) -> FrameEmotionModel:
+    """Rebuild the phase-1 model saved by :func:`run_frame_stage` (no hub, no download).
+
+    Arguments
+    ---------
+    final_folder : str or Path
+        ``<frame_folder>/final`` with :data:`MODEL_FILE` and :data:`RECORD_FILE`.
+    map_location : str or torch.device
+        Device of the returned model.
+
+    Returns
+    -------
+    FrameEmotionModel
+        In eval mode, weights loaded.
+    """
+    final_folder = Path(final_folder)
+    with open(final_folder / RECORD_FILE, encoding="utf-8") as f:
+        record = json.load(f)
+    model = FrameEmotionModel.from_architecture(record["architecture"])
+    state = torch.load(final_folder / MODEL_FILE, map_location=map_location, weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()
+
+
+def _recorded_settings(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("settings")
+    except (OSError, ValueError):
+        return None
+
+
+def _differences(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
+    recorded = recorded or {}
+    return sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+
+
+def run_frame_stage(
+    fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: Mapping
+) -> Path:
+    """P-TAPT phase 1 of one fold: train the frame-level emotion model on the fold's
+    training manifest (never its test manifest) and save the best validated model.
+
+    Writes to ``frame_folder`` (``<output_folder>/fold_<fold>/frame_emotion``): the
+    validation split (``train_split.json``, ``valid_split.json``), checkpoints in
+    ``frame_save_folder``, ``train_log.txt`` and finally ``final/`` (:data:`MODEL_FILE`,
+    :data:`RECORD_FILE`). A ``final/`` whose recorded fingerprint matches the current
+    settings and training manifest is reused as is; one that does not match is
+    recomputed, as are checkpoints of other settings. An interrupted stage resumes from
+    its last checkpoint.
+
+    Arguments
+    ---------
+    fold : str
+        The fold (held-out session or speaker).
+    hparams_file : str
+        The recipe's yaml (phase-1 settings under ``frame_`` names).
+    overrides : dict
+        The user's yaml overrides.
+    run_opts : RunOptions or dict
+        SpeechBrain's run options.
+    manifests : mapping
+        ``{"train": manifest, "test": manifest}`` of the fold; only ``train`` is read.
+
+    Returns
+    -------
+    Path
+        The ``final`` folder, for :func:`load_frame_model`.
+    """
+    from speechbrain_ptapt.dataio import check_labels, inverse_prior_weights
+    from speechbrain_ptapt.experiment import load_hparams
+
+    hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
+    train_manifest = Path(manifests["train"])
+    folder = Path(hparams["frame_folder"])
+    final = folder / FINAL_FOLDER
+    fingerprint = frame_fingerprint(hparams, train_manifest)
+    if (final / MODEL_FILE).is_file() and (final / RECORD_FILE).is_file():
+        changed = _differences(_recorded_settings(final / RECORD_FILE), fingerprint)
+        if not changed:
+            logger.info("P-TAPT phase 1 of fold %s is finished (%s), skipping it.", fold, final)
+            return final
+        logger.warning(
+            "%s was trained with other settings or data (differs in: %s): training again.",
+            final,
+            ", ".join(changed),
+        )
+
+    save_folder = Path(hparams["frame_save_folder"])
+    settings_file = save_folder / _SETTINGS_FILE
+    if if_main_process():
+        if final.exists():
+            shutil.rmtree(final)
+        changed = _differences(_recorded_settings(settings_file), fingerprint)
+        if save_folder.exists() and changed:
+            logger.warning(
+                "Checkpoints in %s belong to other settings or data (differs in: %s): "
+                "removing them.",
+                save_folder,
+                ", ".join(changed),
+            )
+            shutil.rmtree(save_folder)
+        if not settings_file.is_file():
+            save_folder.mkdir(parents=True, exist_ok=True)
+            with open(settings_file, "w", encoding="utf-8") as f:
+                json.dump({"settings": fingerprint}, f, indent=2)
+    ddp_barrier()
+
+    classes = list(hparams["classes"])
+    class_weights = inverse_prior_weights(check_labels(train_manifest, classes), classes)
+    seed = int(hparams["frame_seed"])
+    train_part, valid_part = split_validation(
+        train_manifest, float(hparams["frame_valid_ratio"]), seed, folder
+    )
+    seed_everything(seed)
+    model = hparams["frame_model"]()
+    checkpointer = hparams["frame_checkpointer"]()
+    train_logger = hparams.get("frame_train_logger")
+    brain = train_frame_model(
+        model,
+        {**hparams, "frame_train_logger": None if train_logger is None else train_logger()},
+        run_opts,
+        train_part,
+        valid_part,
+        class_weights,
+        checkpointer,
+    )
+
+    best = checkpointer.find_checkpoint(max_key="ua")
+    if best is None:
+        raise RuntimeError(f"no validated checkpoint in {save_folder}: nothing to select")
+    state = torch.load(best.paramfiles["model"], map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    if if_main_process():
+        save_frame_model(
+            model,
+            final,
+            {
+                "settings": fingerprint,
+                "fold": str(fold),
+                "classes": classes,
+                "sample_rate": int(hparams["sample_rate"]),
+                "class_weights": class_weights.tolist(),
+                "train_manifest": str(train_manifest),
+                "selected": {
+                    key: best.meta[key]
+                    for key in ("optimizer_step", "ua", "wa", "loss", "frame_acc")
+                    if key in best.meta
+                },
+                "optimizer_steps": int(brain.optimizer_step),
+            },
+        )
+        logger.info(
+            "P-TAPT phase 1 of fold %s done: step %s (validation UA %.3f) saved in %s.",
+            fold,
+            best.meta.get("optimizer_step"),
+            best.meta["ua"],
+            final,
+        )
+    ddp_barrier()
+    return final

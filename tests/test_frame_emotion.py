@@ -1,0 +1,458 @@
+"""Tests for P-TAPT phase 1: the frame-level emotion model, its training stage and files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import speechbrain as sb
+import torch
+from transformers import Wav2Vec2Config
+
+from speechbrain_ptapt import frame_emotion
+from speechbrain_ptapt.backbone import wav2vec2_frame_lengths
+from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
+from speechbrain_ptapt.experiment import load_hparams, read_json, write_json
+from speechbrain_ptapt.frame_emotion import (
+    FrameEmotionBrain,
+    FrameEmotionModel,
+    build_frame_model,
+    crop_to_shortest,
+    frame_emotion_losses,
+    load_frame_model,
+    run_frame_stage,
+    save_frame_model,
+    split_validation,
+)
+from speechbrain_ptapt.iemocap import prepare_iemocap
+from speechbrain_ptapt.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.synthetic import make_iemocap
+from speechbrain_ptapt.tiny import make_tiny_wav2vec2
+from speechbrain_ptapt.wav2vec1 import Wav2Vec1, Wav2Vec1Config
+
+HPARAMS = Path(__file__).parent / "hparams" / "frame_emotion.yaml"
+CLASSES = ["neu", "hap", "sad", "ang"]
+RUN_OPTS = {"device": "cpu", "noprogressbar": True}
+FOLD = "3"  # sessions 1 and 2 train, session 3 is held out
+
+# wav2vec 1.0 with the large model's extractor strides and kernels (10 ms frames, 465-sample
+# receptive field) but 16 channels and a three-layer aggregator.
+SMALL_WAV2VEC1 = Wav2Vec1Config(
+    conv_feature_layers=((16, 10, 5), (16, 8, 4), (16, 4, 2), (16, 4, 2), (16, 4, 2), (16, 1, 1)),
+    conv_aggregator_layers=((16, 2, 1), (16, 3, 1), (16, 4, 1)),
+    prediction_steps=3,
+)
+
+
+@dataclass
+class Workspace:
+    """Shared inputs: pretrained models and a synthetic IEMOCAP with fold-3 manifests."""
+
+    root: Path
+    wav2vec1_checkpoint: Path
+    wav2vec2_hub: Path
+    manifests: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    root = tmp_path_factory.mktemp("frame_emotion")
+    torch.manual_seed(0)
+    checkpoint = root / "wav2vec_small.pt"
+    args = {
+        "arch": "wav2vec",
+        "conv_feature_layers": str(list(SMALL_WAV2VEC1.conv_feature_layers)),
+        "conv_aggregator_layers": str(list(SMALL_WAV2VEC1.conv_aggregator_layers)),
+        "prediction_steps": SMALL_WAV2VEC1.prediction_steps,
+        "aggregator": "cnn",
+    }
+    # fairseq's (argparse era) layout: the model arguments and the state dict.
+    torch.save(
+        {"args": argparse.Namespace(**args), "model": Wav2Vec1(SMALL_WAV2VEC1).state_dict()},
+        checkpoint,
+    )
+    hub = make_tiny_wav2vec2(root / "tiny_wav2vec2")
+    corpus = make_iemocap(
+        root / "corpus", sessions=(1, 2, 3), dialogs_per_session=1, turns_per_dialog=16, junk=False
+    )
+    manifests = prepare_iemocap(corpus.root, root / "manifests", folds=[FOLD])[FOLD]
+    return Workspace(root, checkpoint, hub, manifests)
+
+
+def make_model(ws: Workspace, encoder: str, **kwargs: Any) -> FrameEmotionModel:
+    """A phase-1 model with the workspace's pretrained encoder and the paper's masks."""
+    return build_frame_model(
+        encoder,
+        len(CLASSES),
+        wav2vec1_checkpoint=ws.wav2vec1_checkpoint,
+        wav2vec2_hub=str(ws.wav2vec2_hub),
+        time_mask=TimeMask(0.08, 15, 2),
+        channel_mask=ChannelMask(0.05, 64, 1),
+        **kwargs,
+    )
+
+
+def stage_overrides(ws: Workspace, output_folder: Path, **extra: Any) -> dict[str, Any]:
+    """A few steps of a narrow model: 8 steps of 4 utterances, validation every 4."""
+    return {
+        "output_folder": str(output_folder),
+        "wav2vec1_checkpoint": str(ws.wav2vec1_checkpoint),
+        "wav2vec2_hub": str(ws.wav2vec2_hub),
+        "frame_steps": 8,
+        "frame_batch_size": 4,
+        "frame_valid_every": 4,
+        "frame_feature_dim": 32,
+        "frame_lstm_dim": 32,
+        "frame_head_dim": 16,
+        "frame_channel_mask_length": 4,
+        **extra,
+    }
+
+
+@dataclass
+class FinishedStage:
+    """A phase-1 stage run to the end, with the utterance ids each stage saw."""
+
+    final: Path
+    frame_folder: Path
+    overrides: dict[str, Any]
+    seen: dict[str, set[str]]
+
+
+@pytest.fixture(scope="module")
+def finished_stage(workspace: Workspace) -> Iterator[FinishedStage]:
+    seen: dict[str, set[str]] = {"train": set(), "valid": set()}
+    original = FrameEmotionBrain.compute_forward
+
+    def recording(self, batch, stage):
+        seen["train" if stage == sb.Stage.TRAIN else "valid"].update(batch.id)
+        return original(self, batch, stage)
+
+    overrides = stage_overrides(workspace, workspace.root / "finished")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FrameEmotionBrain, "compute_forward", recording)
+        final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+    yield FinishedStage(final, final.parent, overrides, seen)
+
+
+def manifest_ids(path: Path) -> set[str]:
+    return set(read_json(path))
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+
+
+ODD_LENGTHS = [945, 946, 1105, 1264, 1265, 4801, 16001, 12345]
+
+
+def relative_lengths(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    wavs = torch.randn(len(lengths), max(lengths))
+    return wavs, torch.tensor(lengths, dtype=torch.float64) / max(lengths)
+
+
+def test_wav2vec1_frames_are_a_stride_2_conv_over_wav2vec1_frames(workspace: Workspace) -> None:
+    model = make_model(workspace, "wav2vec1")
+    wavs, wav_lens = relative_lengths(ODD_LENGTHS)
+    features, frame_mask = model.frame_features(wavs, wav_lens)
+    expected = [(SMALL_WAV2VEC1.output_frames(n) - 4) // 2 + 1 for n in ODD_LENGTHS]
+    # 945 samples (4 wav2vec 1.0 frames) give the first frame, 1265 (6) the second.
+    assert expected[:5] == [1, 1, 1, 1, 2]
+    assert model.num_frames(944) == 1  # shorter: zero-padded to one frame
+    assert features.shape == (len(ODD_LENGTHS), max(expected), 512)
+    assert model.feature_dim == 512
+    assert frame_mask.sum(dim=1).tolist() == expected
+    assert [model.num_frames(n) for n in ODD_LENGTHS] == expected
+    assert model.num_frames(torch.tensor(ODD_LENGTHS)).tolist() == expected
+    assert not features[~frame_mask].any()  # padding frames are 0
+    assert (features[frame_mask] >= 0).all()  # the stride-2 convolution's ReLU
+
+
+def test_w2v2_cnn_frames_are_exactly_wav2vec2s_frames(workspace: Workspace) -> None:
+    model = make_model(workspace, "w2v2_cnn")
+    config = Wav2Vec2Config.from_pretrained(workspace.wav2vec2_hub)
+    lengths = [400, 401, 719, 720, 1599, 4801, 16001]
+    wavs, wav_lens = relative_lengths(lengths)
+    features, frame_mask = model.frame_features(wavs, wav_lens)
+    expected = wav2vec2_frame_lengths(config, torch.tensor(lengths)).tolist()
+    assert expected == [(n - 400) // 320 + 1 for n in lengths]
+    assert features.shape == (len(lengths), max(expected), 512)
+    assert frame_mask.sum(dim=1).tolist() == expected
+    assert model.num_frames(torch.tensor(lengths)).tolist() == expected
+    assert model.num_frames(399) == 1  # shorter than the receptive field: padded to one frame
+
+
+@pytest.mark.parametrize("encoder", ["wav2vec1", "w2v2_cnn"])
+def test_frame_features_do_not_depend_on_padding_or_batch(
+    workspace: Workspace, encoder: str
+) -> None:
+    model = make_model(workspace, encoder)
+    wavs, wav_lens = relative_lengths([8001, 12001, 8001])
+    batched, frame_mask = model.frame_features(wavs, wav_lens)
+    for i, n in enumerate([8001, 12001, 8001]):
+        alone, _ = model.frame_features(wavs[i : i + 1, :n])
+        torch.testing.assert_close(batched[i, : alone.shape[1]], alone[0])
+        assert int(frame_mask[i].sum()) == alone.shape[1]
+
+
+@pytest.mark.parametrize("encoder", ["wav2vec1", "w2v2_cnn"])
+def test_spec_augment_masks_training_only(workspace: Workspace, encoder: str) -> None:
+    model = make_model(workspace, encoder)
+    torch.manual_seed(2)
+    wavs = torch.randn(2, 16000)
+    first, _ = model.frame_features(wavs)
+    assert torch.equal(first, model.frame_features(wavs)[0])
+    model.train()
+    trained, _ = model.encode(wavs)
+    assert model.training  # frame_features restores the mode
+    assert not torch.allclose(trained, first)
+
+
+@pytest.mark.parametrize("encoder", ["wav2vec1", "w2v2_cnn"])
+def test_frozen_parts_get_no_gradient(workspace: Workspace, encoder: str) -> None:
+    model = make_model(workspace, encoder).train()
+    frozen = (
+        model.encoder.wav2vec1.feature_extractor if encoder == "wav2vec1" else model.encoder.cnn
+    )
+    assert not frozen.training  # stays in eval mode under model.train()
+    torch.manual_seed(3)
+    output = model(torch.randn(2, 8000))
+    frame_loss, utterance_loss = frame_emotion_losses(output, torch.tensor([0, 2]))
+    (frame_loss + utterance_loss).backward()
+    for name, parameter in frozen.named_parameters():
+        assert not parameter.requires_grad and parameter.grad is None, name
+    trainable = dict(model.named_parameters())
+    frozen_ids = {id(p) for p in frozen.parameters()}
+    trained = {n: p for n, p in trainable.items() if id(p) not in frozen_ids}
+    assert trained and all(p.requires_grad for p in trained.values())
+    for name, parameter in trained.items():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    aggregator = (
+        "encoder.wav2vec1.feature_aggregator" if encoder == "wav2vec1" else "encoder.aggregator"
+    )
+    assert any(name.startswith(aggregator) for name in trained)
+
+
+def test_crop_to_shortest_takes_a_window_of_every_utterance() -> None:
+    torch.manual_seed(4)
+    lengths = [1000, 1400, 1200]
+    wavs = torch.zeros(3, 1400)
+    for i, n in enumerate(lengths):
+        wavs[i, :n] = torch.arange(1, n + 1)
+    crops, crop_lens = crop_to_shortest(wavs, torch.tensor(lengths) / 1400)
+    assert crops.shape == (3, 1000) and crop_lens.tolist() == [1.0, 1.0, 1.0]
+    offsets = []
+    for i, n in enumerate(lengths):
+        start = int(crops[i, 0]) - 1
+        assert torch.equal(crops[i], torch.arange(start + 1, start + 1001, dtype=crops.dtype))
+        assert 0 <= start <= n - 1000  # never padding
+        offsets.append(start)
+    assert offsets[0] == 0
+
+
+def test_loss_falls_on_a_synthetic_corpus(workspace: Workspace) -> None:
+    torch.manual_seed(5)
+    model = build_frame_model(
+        "w2v2_cnn",
+        len(CLASSES),
+        wav2vec2_hub=str(workspace.wav2vec2_hub),
+        time_mask=TimeMask(0.08, 5, 2),  # spans scaled to 0.6 s crops and 32 channels
+        channel_mask=ChannelMask(0.05, 4, 1),
+        feature_dim=64,
+        lstm_dim=64,
+        head_dim=32,
+    ).train()
+    dataset = emotion_dataset(workspace.manifests["train"], make_label_encoder(CLASSES))
+    batch = sb.dataio.batch.PaddedBatch([dataset[i] for i in range(8)])
+    wavs, wav_lens = crop_to_shortest(*batch.sig)
+    targets = batch.emo_encoded.data[:, 0]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = sum(frame_emotion_losses(model(wavs, wav_lens), targets))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, losses
+
+
+# --------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------
+
+
+def test_validation_split_is_seeded_and_comes_from_the_training_manifest(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    train_ids = manifest_ids(workspace.manifests["train"])
+    part, valid = split_validation(workspace.manifests["train"], 0.1, 7, tmp_path / "a")
+    again = split_validation(workspace.manifests["train"], 0.1, 7, tmp_path / "b")
+    other = split_validation(workspace.manifests["train"], 0.1, 8, tmp_path / "c")
+    assert manifest_ids(valid) == manifest_ids(again[1])
+    assert manifest_ids(valid) != manifest_ids(other[1])
+    assert manifest_ids(part) | manifest_ids(valid) == train_ids
+    assert not manifest_ids(part) & manifest_ids(valid)
+    assert len(manifest_ids(valid)) == round(0.1 * len(train_ids))
+
+
+def test_test_session_never_reaches_phase_1(
+    workspace: Workspace, finished_stage: FinishedStage
+) -> None:
+    train_ids = manifest_ids(workspace.manifests["train"])
+    test_ids = manifest_ids(workspace.manifests["test"])
+    seen = finished_stage.seen
+    valid_ids = manifest_ids(finished_stage.frame_folder / "valid_split.json")
+    assert test_ids and all(i.startswith("Ses03") for i in test_ids)
+    assert seen["valid"] == valid_ids and valid_ids <= train_ids
+    assert seen["train"] <= train_ids - valid_ids
+    assert not (seen["train"] | seen["valid"]) & test_ids
+
+
+def test_final_model_is_the_best_validated_step(finished_stage: FinishedStage) -> None:
+    record = read_json(finished_stage.final / "frame_model.json")
+    log = (finished_stage.frame_folder / "train_log.txt").read_text()
+    logged = {
+        int(step): float(ua)
+        for step, ua in re.findall(r"optimizer_step: (\d+), .*valid ua: ([0-9.e+-]+)", log)
+    }
+    assert sorted(logged) == [4, 8]
+    selected = record["selected"]
+    assert selected["ua"] == pytest.approx(max(logged.values()), abs=1e-3)
+    assert logged[selected["optimizer_step"]] == pytest.approx(max(logged.values()), abs=1e-3)
+    assert record["optimizer_steps"] == 8
+    assert record["architecture"]["frame_encoder"] == "wav2vec1"
+    model = load_frame_model(finished_stage.final)
+    assert model.feature_dim == 32 and model.n_classes == len(CLASSES)
+
+
+def test_finished_stage_is_skipped_on_rerun(
+    workspace: Workspace, finished_stage: FinishedStage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(FrameEmotionBrain, "fit", no_training)
+    before = (finished_stage.final / "frame_model.ckpt").stat().st_mtime_ns
+    final = run_frame_stage(
+        FOLD, str(HPARAMS), finished_stage.overrides, RUN_OPTS, workspace.manifests
+    )
+    assert final == finished_stage.final
+    assert (final / "frame_model.ckpt").stat().st_mtime_ns == before
+
+
+def test_stage_is_recomputed_when_the_training_manifest_changes(
+    workspace: Workspace, finished_stage: FinishedStage, tmp_path: Path
+) -> None:
+    output = tmp_path / "changed"
+    shutil.copytree(finished_stage.frame_folder.parent.parent, output)
+    old = read_json(finished_stage.final / "frame_model.json")["settings"]
+    train = read_json(workspace.manifests["train"])
+    del train[sorted(train)[0]]
+    changed = {"train": tmp_path / "train.json", "test": workspace.manifests["test"]}
+    write_json(changed["train"], train)
+    overrides = {**finished_stage.overrides, "output_folder": str(output)}
+    final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, changed)
+    new = read_json(final / "frame_model.json")["settings"]
+    assert new["train_manifest"] != old["train_manifest"]
+    assert {k: v for k, v in new.items() if k != "train_manifest"} == {
+        k: v for k, v in old.items() if k != "train_manifest"
+    }
+    assert sorted(train) == sorted(
+        manifest_ids(final.parent / "train_split.json")
+        | manifest_ids(final.parent / "valid_split.json")
+    )
+
+
+class Interrupted(Exception):
+    """Stands for a crash or a killed job in the middle of the stage."""
+
+
+def test_interrupted_stage_resumes_at_the_step_reached(
+    workspace: Workspace,
+    finished_stage: FinishedStage,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    overrides = {
+        **finished_stage.overrides,
+        "output_folder": str(tmp_path / "interrupted"),
+        "frame_ckpt_interval_steps": 1,
+    }
+    original = FrameEmotionBrain.on_fit_batch_start
+    started: list[int] = []
+
+    def crash_at_step_6(self, batch, should_step):
+        if self.optimizer_step == 6 and not started:
+            raise Interrupted
+        original(self, batch, should_step)
+
+    monkeypatch.setattr(FrameEmotionBrain, "on_fit_batch_start", crash_at_step_6)
+    with pytest.raises(Interrupted):
+        run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+    frame_folder = tmp_path / "interrupted" / f"fold_{FOLD}" / "frame_emotion"
+    assert not (frame_folder / "final").exists()
+
+    def recording(self, batch, should_step):
+        started.append(self.optimizer_step)
+        original(self, batch, should_step)
+
+    monkeypatch.setattr(FrameEmotionBrain, "on_fit_batch_start", recording)
+    final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+    assert started == [6, 7]
+    assert read_json(final / "frame_model.json")["optimizer_steps"] == 8
+    # Same crops, masks and batches as the uninterrupted stage: the same model.
+    resumed = torch.load(final / "frame_model.ckpt", weights_only=True)
+    uninterrupted = torch.load(finished_stage.final / "frame_model.ckpt", weights_only=True)
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("encoder", ["wav2vec1", "w2v2_cnn"])
+def test_load_frame_model_round_trip_gives_identical_frame_features(
+    workspace: Workspace, encoder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(6)
+    model = make_model(workspace, encoder)
+    for parameter in model.parameters():  # not the initial values
+        parameter.data.add_(0.01 * torch.randn_like(parameter))
+    final = save_frame_model(model, tmp_path / "final", {"note": "test"})
+
+    def no_hub(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("load_frame_model must not need the hub or the checkpoint")
+
+    monkeypatch.setattr(frame_emotion, "load_pretrained", no_hub)
+    monkeypatch.setattr(frame_emotion, "load_wav2vec1", no_hub)
+    loaded = load_frame_model(final)
+    assert not loaded.training and loaded.frame_encoder == encoder
+    wavs, wav_lens = relative_lengths([7001, 9999, 16000])
+    expected, expected_mask = model.frame_features(wavs, wav_lens)
+    actual, actual_mask = loaded.frame_features(wavs, wav_lens)
+    assert torch.equal(actual, expected) and torch.equal(actual_mask, expected_mask)
+    assert json.loads((final / "frame_model.json").read_text())["note"] == "test"
+
+
+def test_yaml_defaults_follow_the_paper(tmp_path: Path) -> None:
+    hparams = load_hparams(
+        str(HPARAMS), {"output_folder": str(tmp_path), "wav2vec2_hub": str(tmp_path)}
+    )
+    assert hparams["frame_encoder"] == "wav2vec1"
+    assert (hparams["frame_steps"], hparams["frame_batch_size"]) == (10000, 64)
+    assert hparams["frame_lr"] == 1e-4 and hparams["frame_warmup_steps"] == 500
+    assert hparams["frame_flat_fraction"] == 0.05 and hparams["frame_valid_ratio"] == 0.1
+    time_mask, channel_mask = hparams["frame_time_mask"], hparams["frame_channel_mask"]
+    assert (time_mask.prob, time_mask.length, time_mask.min_masks) == (0.08, 15, 2)
+    assert (channel_mask.prob, channel_mask.length, channel_mask.min_masks) == (0.05, 64, 1)
+    assert (hparams["frame_feature_dim"], hparams["frame_lstm_dim"]) == (512, 512)
+    assert hparams["frame_head_dim"] == 128
+    assert Path(hparams["frame_folder"]) == tmp_path / "fold_1" / "frame_emotion"

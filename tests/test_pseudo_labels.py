@@ -1,0 +1,512 @@
+"""Tests of the P-TAPT pseudo-label preparation: feature dump, k-means codebooks,
+labels aligned to wav2vec2's frames, fingerprints, diagnostics and the cropping
+data pipeline.
+
+The phase-1 model is replaced by small frozen stand-ins with the same
+``frame_features`` method: a fixed sinusoid filterbank (log magnitudes, so the
+features follow the audio and hence the synthetic emotions) or seeded noise
+(features unrelated to the audio). Their window lengths differ from wav2vec2's
+400 samples, so their frame counts differ from wav2vec2's by a frame: labels
+must be padded or trimmed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import IEMOCAP_RECIPES, run_recipe_script
+from speechbrain.dataio.dataset import DynamicItemDataset
+from torch import nn
+from transformers import Wav2Vec2Config
+
+from speechbrain_ptapt import pseudo_labels
+from speechbrain_ptapt.audio import load_audio
+from speechbrain_ptapt.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.iemocap import prepare_iemocap
+from speechbrain_ptapt.kmeans import assign_clusters
+from speechbrain_ptapt.pseudo_labels import (
+    IGNORE_INDEX,
+    FeatureDump,
+    PseudoLabelMismatchError,
+    PseudoLabelStore,
+    backbone_frame_counts,
+    cluster_labels_pipeline,
+    cropped_audio_with_labels,
+    dump_features,
+    fit_codebooks,
+    prepare_pseudo_labels,
+    write_labels,
+)
+from speechbrain_ptapt.synthetic import make_iemocap
+
+SAMPLE_RATE = 16000  # Hz
+HOP = 320  # samples per 20 ms frame
+ODD_LENGTHS = (399, 400, 719, 720, 16001, 48007)  # samples
+# wav2vec2-base's frames for them: (samples - 400) // 320 + 1, at least 1.
+WAV2VEC2_FRAMES = (1, 1, 1, 2, 49, 149)
+
+
+class StandInFrameModel(nn.Module):
+    """A frozen phase-1 stand-in: 20 ms frames over windows of ``window`` samples.
+
+    ``frame_features`` gives ``(samples - window) // 320 + 1`` frames (0 when
+    shorter than the window) of ``dim`` features: log magnitudes of a fixed
+    sinusoid filterbank (``encode_audio``) or noise seeded by the utterance
+    length. ``seed`` changes the filter frequencies, i.e. the weights.
+    """
+
+    def __init__(
+        self, window: int = 480, dim: int = 12, seed: int = 0, encode_audio: bool = True
+    ) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        freqs = torch.logspace(math.log10(100.0), math.log10(4000.0), dim)
+        freqs = freqs * (1.0 + 0.05 * torch.rand(dim, generator=generator))
+        t = torch.arange(window) / SAMPLE_RATE
+        hann = torch.hann_window(window)
+        phase = 2 * math.pi * freqs[:, None] * t[None, :]
+        weight = torch.cat([torch.sin(phase) * hann, torch.cos(phase) * hann])[:, None, :]
+        self.conv = nn.Conv1d(1, 2 * dim, window, stride=HOP, bias=False)
+        self.conv.weight.data.copy_(weight)
+        self.conv.requires_grad_(False)
+        self.window = window
+        self.seed = seed
+        self.encode_audio = encode_audio
+        self.feature_dim = dim
+        self.calls = 0
+
+    def frame_features(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, samples), (B,) relative -> (B, frames, dim) features, (B, frames) mask."""
+        self.calls += 1
+        samples = torch.round(wav_lens * wavs.shape[1]).long()
+        frames = ((samples - self.window) // HOP + 1).clamp(min=0)
+        if wavs.shape[1] < self.window:
+            wavs = nn.functional.pad(wavs, (0, self.window - wavs.shape[1]))
+        real, imag = self.conv(wavs[:, None, :]).chunk(2, dim=1)
+        features = torch.log(real**2 + imag**2 + 1e-6).transpose(1, 2)
+        if not self.encode_audio:
+            noise = torch.Generator().manual_seed(self.seed + int(samples[0]))
+            features = torch.randn(features.shape, generator=noise)
+        mask = torch.arange(features.shape[1])[None, :] < frames[:, None]
+        return features, mask
+
+
+def _write_manifest(path: Path, entries: dict[str, dict]) -> Path:
+    path.write_text(json.dumps(entries, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def config(tiny_wav2vec2) -> Wav2Vec2Config:
+    return Wav2Vec2Config.from_pretrained(str(tiny_wav2vec2))
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_wav2vec2) -> Wav2Vec2Backbone:
+    """The real backbone (tiny weights, wav2vec2-base's frame geometry)."""
+    return Wav2Vec2Backbone(str(tiny_wav2vec2)).eval()
+
+
+@pytest.fixture(scope="module")
+def odd_manifest(tmp_path_factory) -> Path:
+    """Tones of the odd lengths (samples), two emotions."""
+    folder = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    entries = {}
+    for i, length in enumerate(ODD_LENGTHS):
+        t = np.arange(length) / SAMPLE_RATE
+        wav = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.01 * rng.standard_normal(length)
+        path = folder / f"utt{length}.wav"
+        sf.write(path, wav.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+        entries[f"utt{length}"] = {
+            "wav": str(path),
+            "duration": length / SAMPLE_RATE,
+            "emo": "ang" if i % 2 else "sad",
+        }
+    return _write_manifest(folder / "odd.json", entries)
+
+
+@pytest.fixture(scope="module")
+def iemocap_manifests(tmp_path_factory) -> dict[str, Path]:
+    """Fold 2 of a synthetic two-session IEMOCAP: train = Session 1, test = Session 2."""
+    root = tmp_path_factory.mktemp("iemocap")
+    make_iemocap(root, sessions=(1, 2), dialogs_per_session=2, turns_per_dialog=24, junk=False)
+    paths = prepare_iemocap(root / "IEMOCAP_full_release", root / "prepared", folds=["2"])
+    return paths["2"]
+
+
+@pytest.fixture(scope="module")
+def odd_labels(tmp_path_factory, odd_manifest, config) -> tuple[Path, FeatureDump]:
+    """Labels (K = 2, 3) of the odd-length utterances from the 480-sample stand-in."""
+    out = tmp_path_factory.mktemp("odd_labels")
+    dump = dump_features(StandInFrameModel(window=480), odd_manifest, out / "features")
+    codebooks = fit_codebooks(dump, [2, 3], n_iter=5, seed=0, out_folder=out)
+    write_labels(dump, codebooks, out, config)
+    return out, dump
+
+
+# ----------------------------------------------------------------------------
+# Alignment to wav2vec2's frames
+# ----------------------------------------------------------------------------
+
+
+def test_label_frames_equal_the_backbones_frames_for_odd_lengths(odd_labels, config, backbone):
+    folder, _ = odd_labels
+    store = PseudoLabelStore(folder)
+    for length, expected in zip(ODD_LENGTHS, WAV2VEC2_FRAMES):
+        labels = store[f"utt{length}"]
+        assert labels.dtype == torch.int64
+        assert labels.shape == (expected, 2)
+        assert int(backbone_frame_counts(config, length)) == expected
+        with torch.no_grad():
+            _, frame_mask, _ = backbone.extract_features(torch.zeros(1, length), torch.ones(1))
+        assert frame_mask.shape[1] == int(frame_mask.sum()) == expected
+
+
+@pytest.mark.parametrize("window", [320, 480])
+def test_labels_are_the_phase1_clusters_padded_or_trimmed_to_wav2vec2_frames(
+    tmp_path, odd_manifest, config, window
+):
+    # window 320: L // 320 frames (one more than wav2vec2 for 719 samples: trimmed);
+    # window 480: (L - 480) // 320 + 1 (none for 399/400 samples, one fewer for 720: padded).
+    dump = dump_features(StandInFrameModel(window=window), odd_manifest, tmp_path / "features")
+    expected_phase1 = [max((n - window) // HOP + 1, 0) for n in ODD_LENGTHS]
+    assert dump.lengths.tolist() == expected_phase1
+    assert dump.num_samples.tolist() == list(ODD_LENGTHS)
+    codebooks = fit_codebooks(dump, [3], n_iter=5, out_folder=tmp_path)
+    write_labels(dump, codebooks, tmp_path, config)
+    store = PseudoLabelStore(tmp_path)
+    assigned = assign_clusters(dump.features, codebooks[3])
+    for i, (length, frames) in enumerate(zip(ODD_LENGTHS, WAV2VEC2_FRAMES)):
+        labels = store[f"utt{length}"][:, 0]
+        assert labels.shape == (frames,)
+        kept = min(frames, expected_phase1[i])
+        start = int(dump.offsets[i])
+        assert labels[:kept].tolist() == assigned[start : start + kept].tolist()
+        assert (labels[kept:] == IGNORE_INDEX).all()
+    alignment = json.loads((tmp_path / "diagnostics.json").read_text())["alignment"]
+    differences = [p - w for p, w in zip(expected_phase1, WAV2VEC2_FRAMES)]
+    assert alignment["padded_utterances"] == sum(d < 0 for d in differences)
+    assert alignment["trimmed_utterances"] == sum(d > 0 for d in differences)
+
+
+def test_crops_carry_the_matching_slice_of_the_whole_utterances_labels(
+    odd_labels, odd_manifest, backbone
+):
+    folder, _ = odd_labels
+    store = PseudoLabelStore(folder)
+    dataset = DynamicItemDataset.from_json(str(odd_manifest))
+    dataset.add_dynamic_item(cropped_audio_with_labels(store, max_seconds=0.5))
+    dataset.set_output_keys(["id", "sig", "cluster_labels"])
+    crop_samples = 8000
+    crop_frames = (crop_samples - 400) // HOP + 1
+    torch.manual_seed(0)
+    starts_seen = set()
+    for index, utt in enumerate(dataset.data_ids):
+        entry = json.loads(odd_manifest.read_text())[utt]
+        whole = load_audio(entry["wav"])
+        whole_labels = store[utt]
+        for _ in range(6):
+            item = dataset[index]
+            sig, labels = item["sig"], item["cluster_labels"]
+            if whole.shape[0] <= crop_samples:
+                assert torch.equal(sig, whole) and torch.equal(labels, whole_labels)
+                continue
+            assert sig.shape[0] == crop_samples and labels.shape[0] == crop_frames
+            # Windows of the whole utterance starting at every multiple of the hop.
+            windows = whole.unfold(0, crop_samples, HOP)
+            matches = torch.nonzero((windows == sig).all(dim=1)).flatten()
+            assert len(matches), "the crop must start at a multiple of the hop"
+            first = int(matches[0])
+            assert torch.equal(labels, whole_labels[first : first + crop_frames])
+            starts_seen.add((utt, first))
+    assert len(starts_seen) > 4, "crops start at random places"
+    with torch.no_grad():
+        _, frame_mask, _ = backbone.extract_features(torch.zeros(1, crop_samples), torch.ones(1))
+    assert frame_mask.shape[1] == int(frame_mask.sum()) == crop_frames
+
+
+def test_uncropped_audio_gets_the_whole_label_sequence(odd_labels, odd_manifest):
+    folder, _ = odd_labels
+    store = PseudoLabelStore(folder)
+    dataset = DynamicItemDataset.from_json(str(odd_manifest))
+    dataset.add_dynamic_item(cropped_audio_with_labels(store, max_seconds=None))
+    dataset.set_output_keys(["id", "sig", "cluster_labels"])
+    only_labels = DynamicItemDataset.from_json(str(odd_manifest))
+    only_labels.add_dynamic_item(cluster_labels_pipeline(store))
+    only_labels.set_output_keys(["id", "cluster_labels"])
+    for index, utt in enumerate(dataset.data_ids):
+        item = dataset[index]
+        assert item["sig"].shape[0] == store.num_samples(utt)
+        assert item["cluster_labels"].shape[0] == store.frame_count(item["sig"].shape[0])
+        assert torch.equal(item["cluster_labels"], store[utt])
+        assert torch.equal(only_labels[index]["cluster_labels"], store[utt])
+
+
+def test_audio_other_than_the_labelled_audio_is_refused(odd_labels, odd_manifest, tmp_path):
+    folder, _ = odd_labels
+    entries = json.loads(odd_manifest.read_text())
+    other = tmp_path / "longer.wav"
+    sf.write(other, np.zeros(16001 + HOP, dtype=np.float32), SAMPLE_RATE)
+    entries["utt16001"]["wav"] = str(other)
+    manifest = _write_manifest(tmp_path / "changed.json", {"utt16001": entries["utt16001"]})
+    dataset = DynamicItemDataset.from_json(str(manifest))
+    dataset.add_dynamic_item(cropped_audio_with_labels(PseudoLabelStore(folder)))
+    dataset.set_output_keys(["sig", "cluster_labels"])
+    with pytest.raises(PseudoLabelMismatchError, match="utt16001"):
+        dataset[0]
+
+
+# ----------------------------------------------------------------------------
+# Feature dump
+# ----------------------------------------------------------------------------
+
+
+class _RecordingModel(StandInFrameModel):
+    """Records the size of the partial dump file whenever a batch starts."""
+
+    def __init__(self, partial: Path, fail_at_call: int | None = None) -> None:
+        super().__init__(window=400)
+        self.partial = partial
+        self.fail_at_call = fail_at_call
+        self.sizes: list[int] = []
+
+    def frame_features(self, wavs, wav_lens):
+        if self.fail_at_call is not None and self.calls + 1 == self.fail_at_call:
+            raise KeyboardInterrupt
+        self.sizes.append(self.partial.stat().st_size if self.partial.exists() else 0)
+        return super().frame_features(wavs, wav_lens)
+
+
+def test_features_are_appended_to_disk_as_they_are_computed(tmp_path, odd_manifest):
+    folder = tmp_path / "features"
+    model = _RecordingModel(folder / "features.npy.partial")
+    dump = dump_features(model, odd_manifest, folder)
+    frames_before = np.concatenate([[0], np.cumsum(dump.lengths)[:-1]])
+    # Before each utterance, the file holds the header and every earlier frame.
+    expected = [0] + [128 + int(f) * dump.dim * 4 for f in frames_before[1:]]
+    assert model.sizes == expected
+    assert isinstance(dump.features, np.memmap)
+    assert dump.features.shape == (dump.num_frames, dump.dim)
+    assert dump.features.dtype == np.float32
+    assert not (folder / "features.npy.partial").exists()
+    assert not (folder / "progress.json").exists()
+    # The frames are the model's own, utterance by utterance.
+    for i, utt in enumerate(dump.ids):
+        wav = load_audio(json.loads(odd_manifest.read_text())[utt]["wav"])
+        feats, mask = StandInFrameModel(window=400).frame_features(wav[None], torch.ones(1))
+        np.testing.assert_allclose(
+            dump.utterance_features(i), feats[0, : int(mask.sum())].numpy(), rtol=1e-6
+        )
+
+
+def test_an_interrupted_dump_is_unfinished_and_resumes(tmp_path, odd_manifest):
+    folder = tmp_path / "features"
+    interrupted = _RecordingModel(folder / "features.npy.partial", fail_at_call=5)
+    with pytest.raises(KeyboardInterrupt):
+        dump_features(interrupted, odd_manifest, folder, sync_every=2)
+    assert not (folder / "features.npy").exists() and not (folder / "index.json").exists()
+    with pytest.raises(FileNotFoundError):
+        FeatureDump.load(folder)
+    resumed = _RecordingModel(folder / "features.npy.partial")
+    dump = dump_features(resumed, odd_manifest, folder)
+    assert resumed.calls == len(ODD_LENGTHS) - 4  # the four utterances done are kept
+    reference = dump_features(StandInFrameModel(window=400), odd_manifest, tmp_path / "ref")
+    assert dump.lengths.tolist() == reference.lengths.tolist()
+    np.testing.assert_array_equal(np.asarray(dump.features), np.asarray(reference.features))
+
+
+# ----------------------------------------------------------------------------
+# k-means and diagnostics
+# ----------------------------------------------------------------------------
+
+
+def test_same_seed_gives_the_same_codebooks_and_labels(tmp_path, odd_labels, config):
+    _, dump = odd_labels
+    runs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        codebooks = fit_codebooks(dump, [3, 5], n_iter=10, seed=seed, out_folder=tmp_path / name)
+        write_labels(dump, codebooks, tmp_path / name, config)
+        runs.append((codebooks, np.load(tmp_path / name / "labels.npy")))
+        assert np.array_equal(np.load(tmp_path / name / "kmeans_5.npy"), codebooks[5])
+    (first, labels_a), (second, labels_b), (third, _) = runs
+    for k in (3, 5):
+        np.testing.assert_array_equal(first[k], second[k])
+    np.testing.assert_array_equal(labels_a, labels_b)
+    assert not np.array_equal(first[5], third[5])
+
+
+def test_diagnostics_show_more_emotion_in_emotional_features_than_in_noise(
+    tmp_path, iemocap_manifests, config
+):
+    results = {}
+    for name, model in (
+        ("filterbank", StandInFrameModel(window=400, encode_audio=True)),
+        ("noise", StandInFrameModel(window=400, encode_audio=False)),
+    ):
+        folder = prepare_pseudo_labels(
+            model,
+            iemocap_manifests["train"],
+            tmp_path / name,
+            n_clusters=[4, 16],
+            seed=0,
+            wav2vec2_config=config,
+            n_iter=10,
+        )
+        results[name] = json.loads((folder / "diagnostics.json").read_text())["clusters"]
+        markdown = (folder / "diagnostics.md").read_text()
+        assert "| 4 |" in markdown and "| 16 |" in markdown
+    for entries in results.values():
+        for k, entry in entries.items():
+            assert 0.0 <= entry["purity"] <= 1.0 and 0.0 <= entry["nmi"] <= 1.0
+            assert entry["purity"] >= entry["majority_emotion_share"] - 1e-9
+            assert 1 <= entry["used_clusters"] <= int(k)
+            assert 1.0 <= entry["perplexity"] <= int(k) + 1e-6
+            assert 0.0 < entry["largest_cluster_share"] <= 1.0
+    for k in ("4", "16"):
+        assert results["filterbank"][k]["nmi"] > 2 * results["noise"][k]["nmi"]
+    assert results["filterbank"]["16"]["purity"] > results["noise"]["16"]["purity"]
+
+
+def test_only_the_manifests_utterances_are_labelled(tmp_path, iemocap_manifests, config):
+    folder = prepare_pseudo_labels(
+        StandInFrameModel(),
+        iemocap_manifests["train"],
+        tmp_path,
+        n_clusters=[4],
+        wav2vec2_config=config,
+        n_iter=3,
+    )
+    store = PseudoLabelStore(folder)
+    train = json.loads(Path(iemocap_manifests["train"]).read_text())
+    test = json.loads(Path(iemocap_manifests["test"]).read_text())
+    assert sorted(store.ids) == sorted(train)
+    assert not set(store.ids) & set(test)
+    assert store.n_clusters == [4]
+    assert len(store.labels) == sum(
+        store.frame_count(load_audio(e["wav"]).shape[0]) for e in train.values()
+    )
+
+
+# ----------------------------------------------------------------------------
+# Fingerprints: fresh labels reused, stale ones recomputed
+# ----------------------------------------------------------------------------
+
+
+class _Spy:
+    """Wraps a function of the module, counting calls."""
+
+    def __init__(self, monkeypatch, name: str) -> None:
+        self.calls = 0
+        self.function = getattr(pseudo_labels, name)
+        monkeypatch.setattr(pseudo_labels, name, self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file()}
+
+
+def test_fresh_labels_are_reused_and_stale_ones_recomputed(
+    tmp_path, odd_manifest, config, monkeypatch
+):
+    out = tmp_path / "labels"
+    settings = {"wav2vec2_config": config, "n_iter": 3, "seed": 0}
+    model_a = StandInFrameModel(seed=0)
+    prepare_pseudo_labels(model_a, odd_manifest, out, n_clusters=[2, 3], **settings)
+    before = _mtimes(out)
+
+    dump = _Spy(monkeypatch, "dump_features")
+    kmeans = _Spy(monkeypatch, "fit_kmeans")
+    labels = _Spy(monkeypatch, "write_labels")
+    prepare_pseudo_labels(model_a, odd_manifest, out, n_clusters=[2, 3], **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 0, 0)
+    assert _mtimes(out) == before
+
+    # Another K list: new labels, same features, the K=2 codebook kept.
+    prepare_pseudo_labels(model_a, odd_manifest, out, n_clusters=[2, 4], **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 1, 1)
+    assert PseudoLabelStore(out).n_clusters == [2, 4]
+
+    # Other phase-1 weights: new features, every codebook of the old ones deleted.
+    assert (out / "kmeans_3.npy").is_file()
+    prepare_pseudo_labels(StandInFrameModel(seed=1), odd_manifest, out, [2, 4], **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (1, 3, 2)
+    assert not (out / "kmeans_3.npy").exists()
+
+    # Another manifest: only its utterances, features dumped again.
+    entries = json.loads(odd_manifest.read_text())
+    del entries["utt400"]
+    smaller = _write_manifest(tmp_path / "smaller.json", entries)
+    prepare_pseudo_labels(StandInFrameModel(seed=1), smaller, out, [2, 4], **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (2, 5, 3)
+    assert sorted(PseudoLabelStore(out).ids) == sorted(entries)
+    assert FeatureDump.load(out / "features").ids == list(entries)
+
+    # The same inputs again: nothing recomputed.
+    assert json.loads((out / "fingerprint.json").read_text())["n_clusters"] == [2, 4]
+    prepare_pseudo_labels(StandInFrameModel(seed=1), smaller, out, [2, 4], **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (2, 5, 3)
+
+
+def test_a_changed_checkpoint_file_makes_the_labels_stale(
+    tmp_path, odd_manifest, config, monkeypatch
+):
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "frame_model.ckpt").write_bytes(b"weights v1")
+    (final / "frame_model.json").write_text("{}")
+    loaded = []
+
+    def fake_loader(folder: Path, device) -> nn.Module:
+        loaded.append((folder, (folder / "frame_model.ckpt").read_bytes()))
+        return StandInFrameModel(seed=len(loaded))
+
+    monkeypatch.setattr(pseudo_labels, "_load_frame_model", fake_loader)
+    settings = {"n_clusters": [2], "wav2vec2_config": config, "n_iter": 3}
+    out = tmp_path / "labels"
+    prepare_pseudo_labels(final, odd_manifest, out, **settings)
+    prepare_pseudo_labels(final, odd_manifest, out, **settings)
+    assert loaded == [(final, b"weights v1")]  # fresh labels: the model is not even loaded
+    (final / "frame_model.ckpt").write_bytes(b"weights v2")
+    prepare_pseudo_labels(final, odd_manifest, out, **settings)
+    assert [content for _, content in loaded] == [b"weights v1", b"weights v2"]
+    features = FeatureDump.load(out / "features")
+    assert features.fingerprint == json.loads((out / "fingerprint.json").read_text())["features"]
+
+
+def test_recipe_script_prepares_a_folds_labels(
+    tmp_path, odd_manifest, tiny_wav2vec2, monkeypatch, capsys
+):
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "frame_model.ckpt").write_bytes(b"weights")
+    (final / "frame_model.json").write_text("{}")
+    monkeypatch.setattr(
+        pseudo_labels, "_load_frame_model", lambda folder, device: StandInFrameModel()
+    )
+    out = tmp_path / "pseudo_labels"
+    args = ["--frame_model", str(final), "--manifest", str(odd_manifest)]
+    args += ["--wav2vec2_hub", str(tiny_wav2vec2), "--out", str(out)]
+    args += ["--n_clusters", "2", "3", "--seed", "1", "--n_iter", "3"]
+    run_recipe_script(IEMOCAP_RECIPES / "prepare_pseudo_labels.py", args, monkeypatch)
+    assert capsys.readouterr().out.strip().endswith(str(out))
+    store = PseudoLabelStore(out)
+    assert store.n_clusters == [2, 3]
+    assert sorted(store.ids) == sorted(json.loads(odd_manifest.read_text()))
+    fingerprint = json.loads((out / "fingerprint.json").read_text())
+    assert fingerprint["seed"] == 1
+    assert fingerprint["frame_geometry"]["hop_samples"] == HOP
+    assert fingerprint["frame_geometry"]["receptive_field_samples"] == 400
+    assert {"kmeans_2.npy", "kmeans_3.npy", "diagnostics.md"} <= {p.name for p in out.iterdir()}

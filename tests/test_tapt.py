@@ -1,0 +1,410 @@
+"""Tests of TAPT (task-adaptive pretraining) and of the domain-shift meter.
+
+A tiny random wav2vec2 (:func:`speechbrain_ptapt.tiny.make_tiny_wav2vec2`) is
+adapted on the training sessions of a generated five-session IEMOCAP
+(:func:`speechbrain_ptapt.synthetic.make_iemocap`, fold 1 = Session1 held out).
+One uninterrupted TAPT stage is shared by most tests; the resume test reruns
+the same stage with an interruption and must end with identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import Wav2Vec2ForPreTraining
+
+from speechbrain_ptapt import tapt
+from speechbrain_ptapt.domain_shift import audio_files, main, pretraining_loss
+from speechbrain_ptapt.experiment import load_hparams
+from speechbrain_ptapt.iemocap import prepare_iemocap
+from speechbrain_ptapt.synthetic import make_iemocap
+from speechbrain_ptapt.tapt import (
+    MARKER_FILE,
+    BucketBatchSampler,
+    TAPTBrain,
+    TAPTSettingsError,
+    WarmupFlatLinearDecay,
+    Wav2Vec2Pretraining,
+    run_tapt_stage,
+)
+from speechbrain_ptapt.tiny import make_tiny_wav2vec2
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "IEMOCAP"
+TAPT_YAML = RECIPE / "hparams" / "tapt.yaml"
+VFT_YAML = RECIPE / "hparams" / "vft.yaml"
+RUN_OPTS = {"device": "cpu", "noprogressbar": True}
+
+# A short stage the tiny model visibly learns in: 20 steps of 8 half-second crops.
+STEPS = 20
+CKPT_INTERVAL = 10
+STAGE_OVERRIDES = {
+    "tapt_steps": STEPS,
+    "tapt_batch_size": 8,
+    "warmup_steps": 3,
+    "tapt_lr": 0.003,
+    "tapt_max_seconds": 0.5,
+    "tapt_num_buckets": 4,
+    "tapt_ckpt_interval_steps": CKPT_INTERVAL,
+    "tapt_log_interval_steps": 5,
+}
+
+
+class Interrupted(RuntimeError):
+    """Stands for a killed job."""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Any]:
+    """A tiny wav2vec2 and a prepared synthetic IEMOCAP (fold 1)."""
+    root = tmp_path_factory.mktemp("tapt_corpus")
+    synthetic = make_iemocap(root, dialogs_per_session=1, turns_per_dialog=24, seed=0)
+    manifests = prepare_iemocap(synthetic.root, root / "manifests", folds=[1])["1"]
+    return {
+        "root": synthetic.root,
+        "manifests": manifests,
+        "tiny": make_tiny_wav2vec2(root / "tiny_wav2vec2"),
+        "train": json.loads(Path(manifests["train"]).read_text()),
+        "test": json.loads(Path(manifests["test"]).read_text()),
+    }
+
+
+def _overrides(corpus: dict[str, Any], output_folder: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "data_folder": str(corpus["root"]),
+        "output_folder": str(output_folder),
+        "wav2vec2_hub": str(corpus["tiny"]),
+        **STAGE_OVERRIDES,
+        **extra,
+    }
+
+
+def _recording(records: list[dict[str, Any]]):
+    """A TAPTBrain.compute_objectives that also records each batch's ids, loss
+    and the number of optimizer steps done before it."""
+    original = TAPTBrain.compute_objectives
+
+    def compute_objectives(self, predictions, batch, stage):
+        loss = original(self, predictions, batch, stage)
+        records.append(
+            {"done": self.optimizer_step, "ids": list(batch.id), "loss": float(loss.detach())}
+        )
+        return loss
+
+    return compute_objectives
+
+
+def _run_stage(corpus, output_folder: Path, records: list, **extra: Any) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TAPTBrain, "compute_objectives", _recording(records))
+        folder = run_tapt_stage(
+            "1", str(TAPT_YAML), _overrides(corpus, output_folder, **extra), RUN_OPTS,
+            corpus["manifests"],
+        )
+    return Path(folder)
+
+
+@pytest.fixture(scope="module")
+def stage(corpus, tmp_path_factory) -> dict[str, Any]:
+    """One uninterrupted TAPT stage on fold 1."""
+    output = tmp_path_factory.mktemp("tapt_run")
+    records: list[dict[str, Any]] = []
+    folder = _run_stage(corpus, output, records)
+    return {"folder": folder, "output": output, "records": records}
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------
+
+
+def test_schedule_warms_up_stays_flat_then_decays_to_zero(tmp_path):
+    schedule = WarmupFlatLinearDecay(1e-4, total_steps=20000, warmup_steps=100)
+    lrs = np.array([schedule.lr_at(s) for s in range(1, 20001)])
+    assert lrs[0] == pytest.approx(1e-6)
+    assert np.all(np.diff(lrs[:100]) > 0) and lrs[99] == pytest.approx(1e-4)
+    assert np.all(lrs[99:1100] == pytest.approx(1e-4))  # 5 % of 20 000 steps flat
+    assert np.all(np.diff(lrs[1100:]) < 0)
+    assert 0 < lrs[-1] < 1e-8  # reaches 0 after the last step
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for _ in range(150):
+        schedule(optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(schedule.lr_at(150))
+    schedule._save(tmp_path / "schedule.ckpt")
+    resumed = WarmupFlatLinearDecay(1e-4, total_steps=20000, warmup_steps=100)
+    resumed._recover(tmp_path / "schedule.ckpt")
+    assert resumed(optimizer) == schedule(optimizer)
+
+
+def test_bucketed_batches_group_similar_lengths_and_cover_every_utterance():
+    rng = np.random.default_rng(0)
+    durations = rng.uniform(0.5, 10.0, size=200)
+    sampler = BucketBatchSampler(durations, batch_size=8, num_batches=60, num_buckets=10, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 60
+    first_pass = [i for batch in batches[:25] for i in batch]
+    assert sorted(first_pass) == list(range(200))  # one pass = every utterance once
+    spread = np.mean([np.ptp(durations[b]) for b in batches])
+    random_spread = np.mean([np.ptp(durations[rng.choice(200, 8)]) for _ in range(60)])
+    assert spread < 0.3 * random_spread
+    assert list(sampler) == batches  # reproducible, so a resumed stage can skip batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_masks_and_distractors_stay_on_valid_frames_even_for_short_inputs(corpus):
+    model = Wav2Vec2Pretraining(str(corpus["tiny"]))
+    lengths = torch.tensor([300, 720, 16000])  # samples: < receptive field, 2 frames, 1 s
+    wavs = torch.randn(3, 16000) * (torch.arange(16000)[None] < lengths[:, None])
+    wav_lens = lengths / 16000
+    np.random.seed(0)
+    _, attention_mask, frame_mask = model.prepare_inputs(wavs, wav_lens)
+    assert attention_mask.sum(1).tolist() == [400, 720, 16000]
+    assert frame_mask.sum(1).tolist() == [1, 2, 49]
+    for _ in range(20):
+        masked, negatives = model.sample_masks(frame_mask)
+        assert not (masked & ~frame_mask).any()
+        assert not masked[0].any()  # one frame: nothing to contrast
+        frames = frame_mask.shape[1]
+        for b in (1, 2):
+            rows = negatives[b][masked[b]]
+            assert ((rows // frames) == b).all()  # same utterance
+            assert frame_mask[b, rows % frames].all()  # valid frames only
+            own = torch.nonzero(masked[b]).flatten()[:, None]
+            assert (rows % frames != own).all()  # never the frame itself
+    out = model(wavs, wav_lens)
+    assert out.num_masked > 0 and torch.isfinite(out.total)
+    assert model(wavs[:1, :300], torch.ones(1)).num_masked == 0  # no crash, zero loss
+
+
+def test_tapt_yaml_has_every_vft_setting_with_its_default():
+    class AnyTagLoader(yaml.SafeLoader):
+        pass
+
+    def tagged(loader, suffix, node):
+        if isinstance(node, yaml.MappingNode):
+            value = loader.construct_mapping(node, deep=True)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_scalar(node)
+        return ("!" + suffix, value)
+
+    AnyTagLoader.add_multi_constructor("!", tagged)
+    vft = yaml.load(VFT_YAML.read_text(), Loader=AnyTagLoader)
+    tapt_settings = yaml.load(TAPT_YAML.read_text(), Loader=AnyTagLoader)
+    assert tapt_settings["method"] == "tapt"
+    assert tapt_settings["output_folder"] == ("!ref", "results/IEMOCAP/tapt")
+    for key, value in vft.items():
+        if key not in ("method", "output_folder"):
+            assert tapt_settings.get(key) == value, key
+    assert tapt_settings["tapt_steps"] == 20000
+    assert tapt_settings["tapt_batch_size"] == 64
+    assert tapt_settings["warmup_steps"] == 100
+    assert tapt_settings["tapt_flat_fraction"] == 0.05
+    assert tapt_settings["tapt_lr"] == 0.0001
+    assert tapt_settings["tapt_max_seconds"] == 10.0
+
+
+# ----------------------------------------------------------------------------
+# The stage
+# ----------------------------------------------------------------------------
+
+
+def test_tapt_loss_falls_on_the_training_audio(stage):
+    records = stage["records"]
+    assert [r["done"] for r in records] == list(range(STEPS))
+    losses = [r["loss"] for r in records]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.03
+    log = (stage["output"] / "fold_1" / "tapt" / "train_log.txt").read_text().splitlines()
+    assert len(log) == STEPS // 5
+    assert log[-1].startswith(f"step: {STEPS} - ")
+    for term in ("train loss", "train contrastive", "train diversity", "train lr"):
+        assert term in log[-1]
+
+
+def test_held_out_session_never_reaches_tapt(stage, corpus):
+    seen = {utt for record in stage["records"] for utt in record["ids"]}
+    assert seen == set(corpus["train"])  # every training utterance, nothing else
+    assert not seen & set(corpus["test"])
+    assert not any(utt.startswith("Ses01") for utt in seen)
+
+
+def test_adapted_folder_holds_the_adapted_weights_and_loads_everywhere(stage, corpus, tmp_path):
+    folder = stage["folder"]
+    assert folder == stage["output"] / "fold_1" / "tapt" / "adapted_wav2vec2"
+    assert not folder.with_name(folder.name + ".partial").exists()
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    assert marker["optimizer_steps"] == STEPS and marker["settings"]["tapt_steps"] == STEPS
+
+    adapted = Wav2Vec2ForPreTraining.from_pretrained(str(folder)).state_dict()
+    original = Wav2Vec2ForPreTraining.from_pretrained(str(corpus["tiny"])).state_dict()
+    assert adapted.keys() == original.keys()
+    changed = [k for k in adapted if not torch.equal(adapted[k], original[k])]
+    assert "wav2vec2.feature_extractor.conv_layers.0.conv.weight" in changed  # all trained
+    assert "quantizer.codevectors" in changed
+    assert len(changed) > 0.9 * len(adapted)
+
+    (checkpoint,) = (stage["output"] / "fold_1" / "tapt" / "save").glob("CKPT*")
+    trained = torch.load(checkpoint / "wav2vec2.ckpt")
+    for key, value in adapted.items():
+        assert torch.equal(value, trained["model." + key]), key
+
+    from speechbrain.integrations.huggingface.wav2vec2 import Wav2Vec2
+
+    wrapper = Wav2Vec2(source=str(folder), save_path=str(tmp_path / "sb_cache"))
+    for key, value in wrapper.model.state_dict().items():
+        assert torch.equal(value, adapted["wav2vec2." + key]), key
+
+
+@pytest.mark.parametrize("hparams_file", [VFT_YAML, TAPT_YAML], ids=["vft.yaml", "tapt.yaml"])
+def test_fine_tuning_starts_from_the_adapted_weights(stage, corpus, tmp_path, hparams_file):
+    hparams = load_hparams(
+        str(hparams_file),
+        {
+            "data_folder": str(corpus["root"]),
+            "output_folder": str(tmp_path),
+            "wav2vec2_hub": str(stage["folder"]),
+        },
+    )
+    backbone = hparams["model"].backbone.model.state_dict()
+    adapted = _state(stage["folder"])
+    assert backbone.keys() == {k[len("wav2vec2.") :] for k in adapted if k.startswith("wav2vec2.")}
+    for key, value in backbone.items():
+        assert torch.equal(value, adapted["wav2vec2." + key]), key
+
+
+def test_finished_stage_is_skipped_and_changed_settings_are_refused(stage, corpus):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished TAPT stage was trained again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tapt, "train_tapt", no_training)
+        again = run_tapt_stage(
+            "1", str(TAPT_YAML), _overrides(corpus, stage["output"]), RUN_OPTS,
+            corpus["manifests"],
+        )
+        assert Path(again) == stage["folder"]
+        with pytest.raises(TAPTSettingsError, match="tapt_steps"):
+            run_tapt_stage(
+                "1", str(TAPT_YAML), _overrides(corpus, stage["output"], tapt_steps=STEPS + 1),
+                RUN_OPTS, corpus["manifests"],
+            )
+
+
+def test_interrupted_tapt_resumes_at_the_step_it_reached(stage, corpus, tmp_path):
+    interrupt_after = CKPT_INTERVAL + 2
+    original_end = TAPTBrain.on_fit_batch_end
+
+    def crash(self, batch, outputs, loss, should_step):
+        original_end(self, batch, outputs, loss, should_step)
+        if self.optimizer_step == interrupt_after:
+            raise Interrupted
+
+    first: list[dict[str, Any]] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TAPTBrain, "on_fit_batch_end", crash)
+        with pytest.raises(Interrupted):
+            _run_stage(corpus, tmp_path, first)
+    assert first[-1]["done"] == interrupt_after - 1
+    assert not (tmp_path / "fold_1" / "tapt" / "adapted_wav2vec2").exists()
+
+    second: list[dict[str, Any]] = []
+    folder = _run_stage(corpus, tmp_path, second)
+    # Resumed from the last checkpoint (step 10), not from zero, and ran to the end.
+    assert [r["done"] for r in second] == list(range(CKPT_INTERVAL, STEPS))
+    # Same batches and losses as the uninterrupted stage, and the same final weights.
+    reference = stage["records"][CKPT_INTERVAL:]
+    assert [r["ids"] for r in second] == [r["ids"] for r in reference]
+    assert [r["loss"] for r in second] == [r["loss"] for r in reference]
+    resumed, uninterrupted = _state(folder), _state(stage["folder"])
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+# ----------------------------------------------------------------------------
+# Domain-shift meter
+# ----------------------------------------------------------------------------
+
+
+def test_domain_shift_loss_is_lower_after_tapt_on_the_corpus(stage, corpus):
+    wavs = [entry["wav"] for entry in corpus["train"].values()][:32]
+    options = {"batch_size": 8, "max_seconds": 0.5, "progress": False}
+    before = pretraining_loss(str(corpus["tiny"]), wavs, **options)
+    after = pretraining_loss(str(stage["folder"]), wavs, **options)
+    assert after["loss"] < before["loss"]
+    assert before["utterances"] == after["utterances"] == len(wavs)
+    assert before["masked_frames"] == after["masked_frames"]  # same masks for both
+    assert before["loss"] == pytest.approx(
+        before["contrastive"] + before["diversity_weight"] * before["diversity"]
+    )
+    again = pretraining_loss(str(corpus["tiny"]), wavs, **options)
+    assert again["loss"] == before["loss"]  # fixed seed: reproducible
+
+
+def test_domain_shift_command_line_on_an_audio_folder(stage, corpus, tmp_path, capsys):
+    folder = tmp_path / "audio" / "nested"
+    folder.mkdir(parents=True)
+    wavs = [Path(entry["wav"]) for entry in list(corpus["train"].values())[:3]]
+    for wav in wavs:
+        shutil.copy(wav, folder / wav.name)
+    (folder / f"._{wavs[0].name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert len(audio_files(tmp_path / "audio")) == 3
+
+    out_json = tmp_path / "shift.json"
+    code = main(
+        [
+            "--wav2vec2_hub", str(stage["folder"]), "--data", str(tmp_path / "audio"),
+            "--json", str(out_json), "--no_progress", "--seed", "1",
+        ]
+    )
+    assert code == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("pretraining loss ") and "over 3 utterances" in line
+    result = json.loads(out_json.read_text())
+    assert result["utterances"] == 3 and result["seed"] == 1
+    assert f"{result['loss']:.2f}" in line
+
+
+# ----------------------------------------------------------------------------
+# The recipe
+# ----------------------------------------------------------------------------
+
+
+def test_tapt_recipe_runs_end_to_end_from_the_repository_root(corpus, tmp_path):
+    output = tmp_path / "results"
+    command = [
+        sys.executable, "recipes/IEMOCAP/train_tapt.py", "hparams/tapt.yaml",
+        f"--data_folder={corpus['root']}", f"--output_folder={output}",
+        f"--wav2vec2_hub={corpus['tiny']}", "--folds=[1]", "--runs=1",
+        "--number_of_epochs=1", "--batch_size=8", "--tapt_steps=10",
+        "--tapt_batch_size=8", "--device=cpu", "--noprogressbar",
+        # Shorter crops than the paper's 10 s keep the test fast.
+        "--tapt_max_seconds=1.0", "--max_train_seconds=1.0",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["method"] == "tapt" and list(summary["folds"]) == ["1"]
+    adapted = output / "fold_1" / "tapt" / "adapted_wav2vec2"
+    assert json.loads((adapted / MARKER_FILE).read_text())["optimizer_steps"] == 10
+    result = json.loads((output / "fold_1" / "seed_1986" / "result.json").read_text())
+    assert result["backbone"] == str(adapted)
