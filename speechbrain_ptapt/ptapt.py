@@ -138,8 +138,9 @@ def align_labels(labels: torch.Tensor, num_frames: int) -> torch.Tensor:
     ``num_frames`` frames, the backbone's padded frame count."""
     if labels.shape[1] >= num_frames:
         return labels[:, :num_frames]
-    pad = labels.new_full((labels.shape[0], num_frames - labels.shape[1], labels.shape[2]),
-                          IGNORE_INDEX)
+    pad = labels.new_full(
+        (labels.shape[0], num_frames - labels.shape[1], labels.shape[2]), IGNORE_INDEX
+    )
     return torch.cat([labels, pad], dim=1)
 
 
@@ -320,8 +321,12 @@ def train_ptapt(
     epoch_counter = EpochCounter(limit=1)
     if checkpointer is not None:
         checkpointer.add_recoverables(
-            {"wav2vec2": model, "lr_scheduler": scheduler, "counter": epoch_counter,
-             "rng": RandomState()}
+            {
+                "wav2vec2": model,
+                "lr_scheduler": scheduler,
+                "counter": epoch_counter,
+                "rng": RandomState(),
+            }
         )
     opts = _stage_run_opts(
         run_opts,
@@ -353,9 +358,7 @@ def train_ptapt(
         batch_ordering="random",
         seed=int(hparams["ptapt_seed"]),
     )
-    sampler = StepsOfDynamicBatches(
-        batches, steps * brain.grad_accumulation_factor * _world_size()
-    )
+    sampler = StepsOfDynamicBatches(batches, steps * brain.grad_accumulation_factor * _world_size())
     loader = brain.make_dataloader(
         dataset,
         stage=sb.Stage.TRAIN,
@@ -367,7 +370,10 @@ def train_ptapt(
         brain.train_sampler = sampler
     logger.info(
         "P-TAPT phase 2 on %d utterances of %s: %d steps of about %s s of audio, K = %s.",
-        len(dataset), train_manifest, steps, hparams["ptapt_batch_seconds"],
+        len(dataset),
+        train_manifest,
+        steps,
+        hparams["ptapt_batch_seconds"],
         model.heads.n_clusters,
     )
     brain.fit(epoch_counter, loader)
