@@ -14,7 +14,7 @@ Run (once per fold, on the fold's training manifest)::
 
     python prepare_pseudo_labels.py \\
         --frame_model results/IEMOCAP/ptapt/fold_1/frame_emotion/final \\
-        --manifest results/IEMOCAP/ptapt/prepared/fold_1/train.json \\
+        --manifest results/IEMOCAP/ptapt/manifests/fold_1/train.json \\
         --wav2vec2_hub facebook/wav2vec2-base \\
         --out results/IEMOCAP/ptapt/fold_1/pseudo_labels \\
         --n_clusters 64 512 4096 --device cuda
