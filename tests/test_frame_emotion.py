@@ -51,6 +51,16 @@ SMALL_WAV2VEC1 = Wav2Vec1Config(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tensors here are tiny: one intra-op thread is as fast, and on a busy machine
+    it avoids threads spinning against each other (a tenfold slowdown)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @dataclass
 class Workspace:
     """Shared inputs: pretrained models and a synthetic IEMOCAP with fold-3 manifests."""
@@ -143,6 +153,7 @@ def finished_stage(workspace: Workspace) -> Iterator[FinishedStage]:
 
 
 def manifest_ids(path: Path) -> set[str]:
+    """Utterance ids of a manifest."""
     return set(read_json(path))
 
 
@@ -154,15 +165,18 @@ def manifest_ids(path: Path) -> set[str]:
 ODD_LENGTHS = [945, 946, 1105, 1264, 1265, 4801, 16001, 12345]
 
 
-def relative_lengths(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random waveforms of ``lengths`` samples, zero-padded, and their relative lengths."""
     torch.manual_seed(1)
     wavs = torch.randn(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        wavs[i, n:] = 0.0
     return wavs, torch.tensor(lengths, dtype=torch.float64) / max(lengths)
 
 
 def test_wav2vec1_frames_are_a_stride_2_conv_over_wav2vec1_frames(workspace: Workspace) -> None:
     model = make_model(workspace, "wav2vec1")
-    wavs, wav_lens = relative_lengths(ODD_LENGTHS)
+    wavs, wav_lens = padded_batch(ODD_LENGTHS)
     features, frame_mask = model.frame_features(wavs, wav_lens)
     expected = [(SMALL_WAV2VEC1.output_frames(n) - 4) // 2 + 1 for n in ODD_LENGTHS]
     # 945 samples (4 wav2vec 1.0 frames) give the first frame, 1265 (6) the second.
@@ -181,7 +195,7 @@ def test_w2v2_cnn_frames_are_exactly_wav2vec2s_frames(workspace: Workspace) -> N
     model = make_model(workspace, "w2v2_cnn")
     config = Wav2Vec2Config.from_pretrained(workspace.wav2vec2_hub)
     lengths = [400, 401, 719, 720, 1599, 4801, 16001]
-    wavs, wav_lens = relative_lengths(lengths)
+    wavs, wav_lens = padded_batch(lengths)
     features, frame_mask = model.frame_features(wavs, wav_lens)
     expected = wav2vec2_frame_lengths(config, torch.tensor(lengths)).tolist()
     assert expected == [(n - 400) // 320 + 1 for n in lengths]
@@ -196,7 +210,7 @@ def test_frame_features_do_not_depend_on_padding_or_batch(
     workspace: Workspace, encoder: str
 ) -> None:
     model = make_model(workspace, encoder)
-    wavs, wav_lens = relative_lengths([8001, 12001, 8001])
+    wavs, wav_lens = padded_batch([8001, 12001, 8001])
     batched, frame_mask = model.frame_features(wavs, wav_lens)
     for i, n in enumerate([8001, 12001, 8001]):
         alone, _ = model.frame_features(wavs[i : i + 1, :n])
@@ -435,7 +449,7 @@ def test_load_frame_model_round_trip_gives_identical_frame_features(
     monkeypatch.setattr(frame_emotion, "load_wav2vec1", no_hub)
     loaded = load_frame_model(final)
     assert not loaded.training and loaded.frame_encoder == encoder
-    wavs, wav_lens = relative_lengths([7001, 9999, 16000])
+    wavs, wav_lens = padded_batch([7001, 9999, 16000])
     expected, expected_mask = model.frame_features(wavs, wav_lens)
     actual, actual_mask = loaded.frame_features(wavs, wav_lens)
     assert torch.equal(actual, expected) and torch.equal(actual_mask, expected_mask)
