@@ -51,7 +51,7 @@ from speechbrain_ptapt.backbone import (
 from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
-from speechbrain_ptapt.tapt import WarmupFlatLinearDecay
+from speechbrain_ptapt.tapt import WarmupFlatLinearDecay, stage_run_options
 from speechbrain_ptapt.vft import masked_mean
 from speechbrain_ptapt.wav2vec1 import (
     Wav2Vec1,
@@ -1095,18 +1095,6 @@ class FrameEmotionBrain(sb.Brain):
             )
 
 
-def _run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
-    """The user's run options (device, precision ...) with the stage's own values."""
-    if run_opts is None:
-        base: dict[str, Any] = {}
-    elif isinstance(run_opts, Mapping):
-        base = dict(run_opts)
-    else:
-        base = {key: run_opts[key] for key in run_opts.overridden_args}
-    base.update(forced)
-    return base
-
-
 def train_frame_model(
     model: FrameEmotionModel,
     hparams: Mapping[str, Any],
@@ -1158,7 +1146,7 @@ def train_frame_model(
     valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=True)
 
     max_grad_norm = float(hparams["frame_max_grad_norm"])
-    opts = _run_options(
+    opts = stage_run_options(
         run_opts,
         optimizer_step_limit=steps,
         ckpt_interval_steps=int(hparams["frame_ckpt_interval_steps"]),

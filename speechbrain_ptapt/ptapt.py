@@ -40,11 +40,11 @@ from speechbrain_ptapt.tapt import (
     MARKER_FILE,
     TAPTBrain,
     WarmupFlatLinearDecay,
-    _check_settings,
-    _stage_run_opts,
-    _world_size,
+    check_settings,
     manifest_digest,
     save_adapted,
+    stage_run_options,
+    world_size,
 )
 
 logger = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ def train_ptapt(
                 "rng": RandomState(),
             }
         )
-    opts = _stage_run_opts(
+    opts = stage_run_options(
         run_opts,
         optimizer_step_limit=steps,
         ckpt_interval_steps=int(hparams["ptapt_ckpt_interval_steps"]),
@@ -358,7 +358,7 @@ def train_ptapt(
         batch_ordering="random",
         seed=int(hparams["ptapt_seed"]),
     )
-    sampler = StepsOfDynamicBatches(batches, steps * brain.grad_accumulation_factor * _world_size())
+    sampler = StepsOfDynamicBatches(batches, steps * brain.grad_accumulation_factor * world_size())
     loader = brain.make_dataloader(
         dataset,
         stage=sb.Stage.TRAIN,
@@ -444,14 +444,14 @@ def run_ptapt_stage(
     adapted = Path(hparams["ptapt_adapted_folder"])
     fingerprint = ptapt_fingerprint(hparams, train_manifest, labels_folder)
     if adapted.is_dir() and (adapted / MARKER_FILE).is_file():
-        _check_settings(adapted / MARKER_FILE, fingerprint, str(adapted))
+        check_settings(adapted / MARKER_FILE, fingerprint, str(adapted))
         logger.info("P-TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
 
     save_folder = Path(hparams["ptapt_save_folder"])
     settings_file = save_folder / "ptapt_settings.json"
     if settings_file.is_file():
-        _check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
+        check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
     elif if_main_process():
         save_folder.mkdir(parents=True, exist_ok=True)
         with open(settings_file, "w", encoding="utf-8") as f:

@@ -552,7 +552,7 @@ class TAPTBrain(sb.Brain):
             )
 
 
-def _stage_run_opts(run_opts: Any, **forced: Any) -> dict[str, Any]:
+def stage_run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
     """The user's run options (device, precision ...) with the stage's own values."""
     if run_opts is None:
         base: dict[str, Any] = {}
@@ -564,10 +564,10 @@ def _stage_run_opts(run_opts: Any, **forced: Any) -> dict[str, Any]:
     return base
 
 
-def _world_size() -> int:
+def world_size() -> int:
     """Number of DDP processes (1 without DDP)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_world_size())
+        return int(torch.distributed.getworld_size())
     return 1
 
 
@@ -617,7 +617,7 @@ def train_tapt(
                 "rng": RandomState(),
             }
         )
-    opts = _stage_run_opts(
+    opts = stage_run_options(
         run_opts,
         optimizer_step_limit=steps,
         ckpt_interval_steps=int(hparams["tapt_ckpt_interval_steps"]),
@@ -640,7 +640,7 @@ def train_tapt(
     sampler = BucketBatchSampler(
         cropped_durations(dataset, max_seconds),
         batch_size=int(hparams["tapt_batch_size"]),
-        num_batches=steps * brain.grad_accumulation_factor * _world_size(),
+        num_batches=steps * brain.grad_accumulation_factor * world_size(),
         num_buckets=int(hparams["tapt_num_buckets"]),
         seed=int(hparams["tapt_seed"]),
     )
@@ -658,7 +658,11 @@ def train_tapt(
         brain.train_sampler = sampler
     logger.info(
         "TAPT on %d utterances of %s: %d steps of %d utterances (crops of at most %s s).",
-        len(dataset), train_manifest, steps, hparams["tapt_batch_size"], max_seconds,
+        len(dataset),
+        train_manifest,
+        steps,
+        hparams["tapt_batch_size"],
+        max_seconds,
     )
     brain.fit(epoch_counter, loader)
     return brain
@@ -686,14 +690,15 @@ def tapt_fingerprint(hparams: dict[str, Any], train_manifest: str | Path) -> dic
     return json.loads(json.dumps(settings))
 
 
-def _check_settings(path: Path, fingerprint: dict[str, Any], what: str) -> None:
+def check_settings(path: Path, fingerprint: dict[str, Any], what: str) -> None:
     """Raises :class:`TAPTSettingsError` naming the changed settings when the
     fingerprint recorded in ``path`` differs from ``fingerprint``."""
     with open(path, encoding="utf-8") as f:
         recorded = json.load(f).get("settings")
     if recorded != fingerprint:
         changed = sorted(
-            k for k in set(fingerprint) | set(recorded or {})
+            k
+            for k in set(fingerprint) | set(recorded or {})
             if (recorded or {}).get(k) != fingerprint.get(k)
         )
         raise TAPTSettingsError(
@@ -765,14 +770,14 @@ def run_tapt_stage(
                 f"{adapted} exists but has no {MARKER_FILE}: it was not written by this "
                 "TAPT stage. Use another output_folder, or delete it to adapt again."
             )
-        _check_settings(marker, fingerprint, str(adapted))
+        check_settings(marker, fingerprint, str(adapted))
         logger.info("TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
 
     save_folder = Path(hparams["tapt_save_folder"])
     settings_file = save_folder / "tapt_settings.json"
     if settings_file.is_file():
-        _check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
+        check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
     elif if_main_process():
         save_folder.mkdir(parents=True, exist_ok=True)
         with open(settings_file, "w", encoding="utf-8") as f:
