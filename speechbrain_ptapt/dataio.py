@@ -12,6 +12,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.dataio.sampler import DynamicBatchSampler
 
 from speechbrain_ptapt.audio import load_audio
 
@@ -125,3 +126,38 @@ def emotion_dataset(
     dataset.add_dynamic_item(label_pipeline(encoder))
     dataset.set_output_keys(["id", "sig", "emo_encoded"])
     return dataset
+
+
+def duration_batch_sampler(
+    dataset: DynamicItemDataset,
+    max_batch_seconds: float,
+    max_seconds: float | None = None,
+    num_buckets: int = 20,
+    seed: int = 42,
+) -> DynamicBatchSampler:
+    """SpeechBrain's dynamic batching by total duration: utterances of similar
+    length are bucketed and batched up to ``max_batch_seconds`` of audio.
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        A dataset whose entries have ``duration`` in seconds.
+    max_batch_seconds : float
+        Total seconds of audio per batch (counted after cropping).
+    max_seconds : float, optional
+        The crop length of training utterances, in seconds (None: whole files).
+    num_buckets : int
+        Length buckets.
+    seed : int
+        Seed of the shuffles (the batches of epoch e depend on ``seed + e``).
+    """
+    cap = float("inf") if max_seconds is None else float(max_seconds)
+    return DynamicBatchSampler(
+        dataset,
+        max_batch_length=float(max_batch_seconds),
+        num_buckets=int(num_buckets),
+        length_func=lambda item: min(float(item["duration"]), cap),
+        shuffle=True,
+        batch_ordering="random",
+        seed=int(seed),
+    )

@@ -30,6 +30,7 @@ from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
 from speechbrain_ptapt.checkpointing import RandomState
+from speechbrain_ptapt.dataio import duration_batch_sampler
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
     PseudoLabelStore,
@@ -348,14 +349,11 @@ def train_ptapt(
     )
     max_seconds = hparams["ptapt_max_seconds"]
     dataset = ptapt_dataset(train_manifest, store, model.sample_rate, max_seconds)
-    cap = float("inf") if max_seconds is None else float(max_seconds)
-    batches = DynamicBatchSampler(
+    batches = duration_batch_sampler(
         dataset,
-        max_batch_length=float(hparams["ptapt_batch_seconds"]),
-        num_buckets=int(hparams["ptapt_num_buckets"]),
-        length_func=lambda item: min(float(item["duration"]), cap),
-        shuffle=True,
-        batch_ordering="random",
+        float(hparams["ptapt_batch_seconds"]),
+        max_seconds,
+        int(hparams["ptapt_num_buckets"]),
         seed=int(hparams["ptapt_seed"]),
     )
     sampler = StepsOfDynamicBatches(batches, steps * brain.grad_accumulation_factor * world_size())

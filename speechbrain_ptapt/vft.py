@@ -160,6 +160,25 @@ class VFTBrain(sb.Brain):
             )
 
 
+def train_loader_options(hparams: dict, train_set) -> dict:
+    """DataLoader options of the training set: ``train_dataloader_opts``, or with
+    ``dynamic_batching`` batches of about ``dynamic_batch_seconds`` seconds of
+    length-bucketed (cropped) audio instead of ``batch_size`` random utterances."""
+    from speechbrain_ptapt.dataio import duration_batch_sampler
+
+    options = dict(hparams["train_dataloader_opts"])
+    if not hparams.get("dynamic_batching", False):
+        return options
+    sampler = duration_batch_sampler(
+        train_set,
+        hparams["dynamic_batch_seconds"],
+        hparams["max_train_seconds"],
+        hparams["dynamic_batch_buckets"],
+        seed=int(hparams["run_seed"]),
+    )
+    return {"batch_sampler": sampler, "num_workers": options.get("num_workers", 0)}
+
+
 def fine_tune(
     hparams: dict, run_opts, train_manifest: str | Path, test_manifest: str | Path
 ) -> dict:
@@ -226,7 +245,7 @@ def fine_tune(
     brain.fit(
         hparams["epoch_counter"],
         train_set,
-        train_loader_kwargs=hparams["train_dataloader_opts"],
+        train_loader_kwargs=train_loader_options(hparams, train_set),
     )
     brain.evaluate(test_set, test_loader_kwargs=hparams["test_dataloader_opts"])
     result = {
