@@ -20,6 +20,7 @@ from speechbrain_ptapt.preparation import (
     DataPreparationError,
     audio_info,
     clear_prepared,
+    is_macos_junk,
     is_prepared,
     mark_prepared,
     preparation_fingerprint,
@@ -77,11 +78,6 @@ _FOLDER_HINT = (
     "expected the IEMOCAP_full_release folder, the one holding Session1 ... Session5 "
     "(each with dialog/EmoEvaluation/ and sentences/wav/)"
 )
-
-
-def _is_junk(name: str) -> bool:
-    """Tell whether a file name is macOS metadata (AppleDouble ``._*``, ``.DS_Store``)."""
-    return name.startswith("._") or name == ".DS_Store"
 
 
 def parse_annotation_file(path: str | os.PathLike[str]) -> list[tuple[str, str, float, float]]:
@@ -208,7 +204,7 @@ def _annotation_files(session_folder: Path) -> list[Path]:
     files = sorted(
         entry
         for entry in emo_folder.iterdir()
-        if entry.is_file() and entry.suffix == ".txt" and not _is_junk(entry.name)
+        if entry.is_file() and entry.suffix == ".txt" and not is_macos_junk(entry.name)
     )
     if not files:
         raise DataPreparationError(

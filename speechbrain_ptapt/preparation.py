@@ -236,3 +236,9 @@ def read_preparation_record(save_folder: str | os.PathLike[str]) -> dict[str, An
     except (OSError, ValueError):
         return None
     return stored if isinstance(stored, dict) else None
+
+
+def is_macos_junk(name: str) -> bool:
+    """Tell whether a file name is macOS metadata (AppleDouble ``._*``, ``.DS_Store``)
+    that real corpus copies often carry beside the data."""
+    return name.startswith("._") or name == ".DS_Store"

@@ -38,6 +38,7 @@ from speechbrain_ptapt.preparation import (
     DataPreparationError,
     audio_info,
     clear_prepared,
+    is_macos_junk,
     is_prepared,
     mark_prepared,
     preparation_fingerprint,
@@ -172,14 +173,9 @@ class SaveeCopy:
         return [speaker for speaker in SAVEE_SPEAKERS if speaker in present]
 
 
-def _is_junk(name: str) -> bool:
-    """Tell whether a file name is macOS metadata (AppleDouble ``._*``, ``.DS_Store``)."""
-    return name.startswith("._") or name == ".DS_Store"
-
-
 def _is_wav(path: Path) -> bool:
     """Tell whether ``path`` is a regular ``*.wav`` file that is not macOS metadata."""
-    return path.suffix.lower() == ".wav" and not _is_junk(path.name) and path.is_file()
+    return path.suffix.lower() == ".wav" and not is_macos_junk(path.name) and path.is_file()
 
 
 def _has_flat_files(folder: Path) -> bool:
@@ -335,7 +331,7 @@ def scan_savee(data_folder: str | os.PathLike[str]) -> SaveeCopy:
     stray: list[Path] = []
     if layout == "original":
         for child in sorted(root.iterdir()):
-            if not child.is_dir() or _is_junk(child.name):
+            if not child.is_dir() or is_macos_junk(child.name):
                 continue
             if child.name not in SAVEE_SPEAKERS:
                 if child.name != "__MACOSX":
