@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -24,9 +25,9 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 
-logger = logging.getLogger(__name__)
+from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
 
-METHOD_NAMES = {"vft": "V-FT", "tapt": "TAPT", "ptapt": "P-TAPT"}
+logger = logging.getLogger(__name__)
 
 
 def parse_recipe_arguments(
@@ -133,80 +134,146 @@ def run_hparams(
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof = 1``; 0 for a single value)."""
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return mean, std
 
 
+#: Entries of a run result copied into the summary.
+RUN_KEYS = (
+    "seed",
+    "ua",
+    "wa",
+    "macro_f1",
+    "confusion",
+    "discarded",
+    "reason",
+    "outlier",
+    "outlier_test",
+    "replaces",
+)
+
+METRICS = ("ua", "wa", "macro_f1")
+
+
 def summarize(
-    results: dict[str, list[dict[str, Any]]], method: str, dataset: str, **info: Any
+    results: dict[str, list[dict[str, Any]]],
+    method: str,
+    dataset: str,
+    fold_info: dict[str, dict[str, Any]] | None = None,
+    **info: Any,
 ) -> dict[str, Any]:
     """The summary of an experiment.
 
     Arguments
     ---------
     results : dict
-        fold name -> list of run results (each with ``seed``, ``ua``, ``wa``,
-        ``macro_f1``).
+        fold name -> every run result of the fold in run order (each with ``seed``,
+        ``ua``, ``wa``, ``macro_f1``, optionally ``confusion``, and ``discarded``,
+        ``reason`` ... as set by :func:`speechbrain_ptapt.repeats.repeat_runs`).
     method, dataset : str
         E.g. ``"vft"``, ``"IEMOCAP"``.
+    fold_info : dict, optional
+        fold name -> extra entries of the fold (re-run counts, training subset ...).
     **info
-        Extra top-level entries (backbone, classes ...).
+        Extra top-level entries (backbone, classes, repeats, train_data ...).
 
     Returns
     -------
     dict
-        ``{"method", "dataset", "folds": {fold: {"ua", "wa", "macro_f1", "ua_std",
-        ..., "runs": [...]}}, "mean": {"ua", "wa", "macro_f1"}}``; fold values are
-        means over runs, ``mean`` is the mean over folds (fractions in [0, 1]).
+        ``{"method", "dataset", ..., "folds": {fold: {"ua", "ua_std", "wa", ...,
+        "runs": [...]}}, "mean": {...}}``. Every run is listed, discarded ones with
+        ``"discarded": true`` and their ``"reason"``. Fold values are the mean and
+        sample std over the fold's *kept* runs; ``mean`` holds the mean over folds
+        of the fold means (the paper's "Mean" column), ``<metric>_std`` the sample
+        std of the fold means across folds and ``<metric>_run_std`` the pooled
+        within-fold std over runs (root mean square of the fold stds). Metrics are
+        fractions in [0, 1].
     """
+    fold_info = fold_info or {}
     folds: dict[str, Any] = {}
     for fold, runs in results.items():
-        if not runs:
+        kept = [r for r in runs if not r.get("discarded")]
+        if not kept:
             continue
         entry: dict[str, Any] = {}
-        for key in ("ua", "wa", "macro_f1"):
-            entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in runs])
-        entry["runs"] = [
-            {k: r[k] for k in ("seed", "ua", "wa", "macro_f1", "confusion") if k in r} for r in runs
-        ]
+        for key in METRICS:
+            entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in kept])
+        entry["kept_runs"] = len(kept)
+        entry["discarded_runs"] = len(runs) - len(kept)
+        entry.update(fold_info.get(fold, {}))
+        entry["runs"] = [{k: r[k] for k in RUN_KEYS if k in r} for r in runs]
         folds[fold] = entry
     mean = {}
     if folds:
-        for key in ("ua", "wa", "macro_f1"):
+        for key in METRICS:
             mean[key], mean[f"{key}_std"] = _mean_std([f[key] for f in folds.values()])
+            mean[f"{key}_run_std"] = math.sqrt(
+                statistics.fmean([f[f"{key}_std"] ** 2 for f in folds.values()])
+            )
     return {"method": method, "dataset": dataset, **info, "folds": folds, "mean": mean}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A table shaped like the paper's Table 1: one column per fold and the mean,
-    one row per metric, in percent (mean over runs, ± std when several runs)."""
+    one row per metric, in percent (mean over kept runs, ± sample std when several),
+    followed by the discarded runs and the training data used."""
     folds = list(summary["folds"])
     name = METHOD_NAMES.get(summary["method"], summary["method"])
-    fold_label = "Session" if summary["dataset"].upper() == "IEMOCAP" else "Fold"
+    label = fold_label(summary["dataset"])
     lines = [
         f"# {name} on {summary['dataset']}",
         "",
-        f"| {name} | " + " | ".join(f"{fold_label} {f}" for f in folds) + " | Mean |",
+        f"| {name} | " + " | ".join(f"{label}{f}" for f in folds) + " | Mean |",
         "|---" * (len(folds) + 2) + "|",
     ]
-    for key, label in (("ua", "UA (%)"), ("wa", "WA (%)"), ("macro_f1", "macro-F1 (%)")):
+    for key, row in (("ua", "UA (%)"), ("wa", "WA (%)"), ("macro_f1", "macro-F1 (%)")):
         cells = []
         for fold in folds:
             entry = summary["folds"][fold]
             cell = f"{100 * entry[key]:.1f}"
-            if len(entry["runs"]) > 1:
+            if entry.get("kept_runs", len(entry["runs"])) > 1:
                 cell += f" ± {100 * entry[f'{key}_std']:.1f}"
             cells.append(cell)
         cells.append(f"{100 * summary['mean'][key]:.1f}" if summary["mean"] else "-")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    runs = {len(f["runs"]) for f in summary["folds"].values()}
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    runs = {f.get("kept_runs", len(f["runs"])) for f in summary["folds"].values()}
     lines += [
         "",
         f"Runs per fold: {', '.join(str(r) for r in sorted(runs))}. UA = unweighted accuracy "
-        "(mean per-class recall), WA = overall accuracy. Fold values are means over runs; "
-        "Mean is the mean over folds.",
+        "(mean per-class recall), WA = overall accuracy. Fold values are means over the "
+        "kept runs (± sample std); Mean is the mean over folds.",
     ]
+    notes = []
+    for fold in folds:
+        for run in summary["folds"][fold]["runs"]:
+            if run.get("discarded"):
+                notes.append(f"- {label}{fold}, seed {run['seed']}: discarded, {run['reason']}.")
+            elif run.get("outlier"):
+                notes.append(f"- {label}{fold}, seed {run['seed']}: {run['reason']}.")
+    repeats = summary.get("repeats") or {}
+    if notes:
+        lines += ["", "Outlier runs (mean ± 2 std rule):", "", *notes]
+    elif (
+        repeats.get("discard_outliers")
+        and repeats.get("runs", 0) > 1
+        and repeats.get("rule_can_act") is False
+    ):
+        lines += [
+            "",
+            f"Outlier rule inactive: with {repeats['runs']} runs per fold no run can lie "
+            f"outside mean ± {repeats['outlier_num_std']:g} sample std of runs it belongs to.",
+        ]
+    train = summary.get("train_data")
+    if train and any(f.get("train_fraction", 1.0) != 1.0 for f in summary["folds"].values()):
+        parts = [
+            f"{label}{fold}: {100 * e['train_fraction']:g} % of the training utterances "
+            f"({e['train_utterances']}, {e['train_hours']:.2f} h)"
+            for fold, e in summary["folds"].items()
+            if "train_fraction" in e
+        ]
+        lines += ["", "Training data: " + "; ".join(parts) + "."]
     return "\n".join(lines) + "\n"
 
 
