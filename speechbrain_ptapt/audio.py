@@ -67,14 +67,18 @@ def load_audio(path: str | Path, target_sample_rate: int = TARGET_SAMPLE_RATE) -
         When the file is missing, unreadable, empty or holds non-finite samples.
     """
     path = Path(path)
+    fix = "fix or replace the file, or leave it out of the data"
     if not path.is_file():
-        raise AudioError(f"Audio file not found: {path}")
+        raise AudioError(f"Audio file not found: {path}; {fix}.")
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types for corrupt files
-        raise AudioError(f"Cannot read audio file {path}: {err}") from err
+        raise AudioError(
+            f"Cannot read audio file {path}: {err}; expected audio soundfile reads "
+            f"(wav, flac, ogg ...): {fix}."
+        ) from err
     if data.shape[0] == 0:
-        raise AudioError(f"Audio file {path} is empty (0 samples).")
+        raise AudioError(f"Audio file {path} is empty (0 samples); {fix}.")
     if not np.isfinite(data).all():
-        raise AudioError(f"Audio file {path} contains NaN or infinite samples.")
+        raise AudioError(f"Audio file {path} contains NaN or infinite samples; {fix}.")
     return to_mono_16k(torch.from_numpy(data), sample_rate, target_sample_rate)

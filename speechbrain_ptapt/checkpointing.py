@@ -1,17 +1,130 @@
-"""Checkpointable random state, so a resumed run continues with the same random
-numbers (masks, crops) as an uninterrupted one."""
+"""Checkpointing helpers: a Checkpointer whose checkpoints are only seen when
+complete, and a checkpointable random state, so a resumed run continues with
+the same random numbers (masks, crops) as an uninterrupted one."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
 from speechbrain.utils.checkpoints import (
+    CKPT_PREFIX,
+    Checkpoint,
     mark_as_loader,
     mark_as_saver,
     register_checkpoint_hooks,
 )
+from speechbrain.utils.checkpoints import Checkpointer as SpeechBrainCheckpointer
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+logger = logging.getLogger(__name__)
+
+#: Prefix of a checkpoint folder being written (never listed as a checkpoint).
+STAGING_PREFIX = "partial+"
+
+#: File of a finished checkpoint listing every file it holds, written last.
+CONTENTS_FILE = "contents.json"
+
+
+def checkpoint_is_complete(folder: str | Path) -> bool:
+    """Whether a checkpoint folder holds its :data:`CONTENTS_FILE` and every file
+    that lists (a deletion cut short, whatever order it removed files in, fails)."""
+    folder = Path(folder)
+    try:
+        names = json.loads((folder / CONTENTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all((folder / name).is_file() for name in names)
+
+
+class Checkpointer(SpeechBrainCheckpointer):
+    """SpeechBrain's Checkpointer, with checkpoints that appear only once complete.
+
+    SpeechBrain writes a checkpoint's ``CKPT.yaml`` first and its parameter files
+    after it, and deletes old checkpoints file by file; a process killed in
+    between would leave a folder taken for a checkpoint but missing files. Here a
+    checkpoint is written into ``partial+CKPT+...`` (never listed), ends with
+    :data:`CONTENTS_FILE`, and is renamed to its ``CKPT+...`` name only then; a
+    folder counts as a checkpoint only when it holds that file and every file it
+    lists (:func:`checkpoint_is_complete`), so a deletion cut short is ignored too.
+    Leftovers of both kinds are removed at the next save (main process).
+    Arguments and use are SpeechBrain's.
+    """
+
+    _staging = False
+
+    def _new_checkpoint_dirpath(self) -> Path:
+        path = Path(super()._new_checkpoint_dirpath())
+        return path.with_name(STAGING_PREFIX + path.name) if self._staging else path
+
+    def _custom_checkpoint_dirpath(self, name: str) -> Path:
+        path = Path(super()._custom_checkpoint_dirpath(name))
+        return path.with_name(STAGING_PREFIX + path.name) if self._staging else path
+
+    def _list_checkpoint_dirs(self) -> list[Path]:
+        return [d for d in super()._list_checkpoint_dirs() if checkpoint_is_complete(d)]
+
+    def remove_leftovers(self) -> None:
+        """Deletes folders of checkpoints cut short by a crash (being written, or
+        partly deleted with their contents list still there). Main process only;
+        folders of other origin are left alone."""
+        if not if_main_process() or not self.checkpoints_dir.is_dir():
+            return
+        for path in self.checkpoints_dir.iterdir():
+            staging = path.name.startswith(STAGING_PREFIX + CKPT_PREFIX)
+            broken = (
+                path.name.startswith(CKPT_PREFIX)
+                and (path / CONTENTS_FILE).exists()
+                and not checkpoint_is_complete(path)
+            )
+            if path.is_dir() and (staging or broken):
+                logger.info("Removing the unfinished checkpoint folder %s.", path)
+                shutil.rmtree(path, ignore_errors=True)
+
+    def save_checkpoint(
+        self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO
+    ) -> Checkpoint | None:
+        """Saves a checkpoint (see SpeechBrain's ``Checkpointer.save_checkpoint``);
+        it is listed only once every file is written. Returns the checkpoint on the
+        main process, None on the others."""
+        self.remove_leftovers()
+        self._staging = True
+        try:
+            staged = super().save_checkpoint(
+                meta={} if meta is None else meta,
+                end_of_epoch=end_of_epoch,
+                name=name,
+                verbosity=logging.DEBUG,
+            )
+        finally:
+            self._staging = False
+        ddp_barrier()  # every process has written its files
+        checkpoint = None
+        if staged is not None:  # main process
+            staging = Path(staged.path)
+            names = sorted(p.name for p in staging.iterdir() if p.is_file())
+            with open(staging / CONTENTS_FILE, "w", encoding="utf-8") as f:
+                json.dump(names, f)
+            final = staging.with_name(staging.name[len(STAGING_PREFIX) :])
+            os.rename(staging, final)
+            logger.log(
+                verbosity,
+                "Saved an %s checkpoint in %s",
+                "end-of-epoch" if end_of_epoch else "intra-epoch",
+                final,
+            )
+            paramfiles = {key: final / Path(p).name for key, p in staged.paramfiles.items()}
+            checkpoint = Checkpoint(final, staged.meta, paramfiles)
+        # Every process lists the same checkpoints from here on (deleting old ones
+        # makes one collective call per deletion on every process).
+        ddp_barrier()
+        return checkpoint
 
 
 @register_checkpoint_hooks

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import speechbrain as sb
-import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 
+from speechbrain_ptapt.hparams_check import parse_overrides
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ def parse_recipe_arguments(
             f"Hyperparameter file '{hparams_file}' not found (looked in {Path.cwd()} and "
             f"beside {script_file})."
         )
-    overrides = yaml.safe_load(overrides_text) if overrides_text else {}
-    return str(path.resolve()), run_opts, overrides or {}
+    # YAML 1.2, as hyperpyyaml reads the yaml: ``--lr=1e-4`` is a number.
+    return str(path.resolve()), run_opts, parse_overrides(overrides_text)
 
 
 def load_hparams(hparams_file: str, overrides: dict[str, Any]) -> dict[str, Any]:

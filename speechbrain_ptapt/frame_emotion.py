@@ -34,7 +34,8 @@ import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
-from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from speechbrain.utils.checkpoints import Checkpoint
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.seed import seed_everything
 from torch import Tensor, nn
@@ -49,6 +50,7 @@ from speechbrain_ptapt.backbone import (
     wav2vec2_frame_lengths,
 )
 from speechbrain_ptapt.checkpointing import RandomState
+from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
 from speechbrain_ptapt.tapt import WarmupFlatLinearDecay, stage_run_options
@@ -827,9 +829,10 @@ def build_frame_model(
             raise ValueError(
                 "frame_encoder 'wav2vec1' needs wav2vec1_checkpoint or wav2vec1_folder"
             )
-        path = ensure_wav2vec1_checkpoint(
-            wav2vec1_checkpoint, wav2vec1_folder if wav2vec1_folder is not None else "."
-        )
+        folder = wav2vec1_folder if wav2vec1_folder is not None else "."
+        # Under DDP the main process downloads, the others then find the file.
+        run_on_main(ensure_wav2vec1_checkpoint, args=[wav2vec1_checkpoint, folder])
+        path = ensure_wav2vec1_checkpoint(wav2vec1_checkpoint, folder)
         encoder: FrameEncoder = Wav2Vec1FrameEncoder(
             load_wav2vec1(path), feature_dim, time_mask, channel_mask
         )
@@ -1091,8 +1094,24 @@ class FrameEmotionBrain(sb.Brain):
             )
         if stage == sb.Stage.VALID and self.checkpointer is not None:
             self.checkpointer.save_and_keep_only(
-                meta={**meta, **self.valid_stats}, max_keys=["ua"], num_to_keep=1
+                meta={**meta, **self.valid_stats},
+                importance_keys=[validation_rank],
+                ckpt_predicate=is_validated,
+                num_to_keep=1,
             )
+
+
+def is_validated(checkpoint: Checkpoint) -> bool:
+    """Whether a phase-1 checkpoint was saved after a validation (has a ``ua``)."""
+    return "ua" in checkpoint.meta
+
+
+def validation_rank(checkpoint: Checkpoint) -> tuple[float, int]:
+    """Order of validated phase-1 checkpoints: the higher validation UA first and,
+    among equal UA, the earlier step, whatever order the checkpoint folders are
+    listed in (so an interrupted and resumed stage selects what an uninterrupted one
+    would)."""
+    return float(checkpoint.meta["ua"]), -int(checkpoint.meta.get("optimizer_step", 0))
 
 
 def train_frame_model(
@@ -1153,6 +1172,7 @@ def train_frame_model(
         ckpt_interval_minutes=0.0,
         max_grad_norm=max_grad_norm if max_grad_norm > 0 else math.inf,
     )
+    opts = with_ddp_options(opts, model)
     brain = FrameEmotionBrain(
         modules={"model": model},
         opt_class=hparams["frame_opt_class"],
@@ -1165,12 +1185,15 @@ def train_frame_model(
         run_opts=opts,
         checkpointer=checkpointer,
     )
-    accumulation = int(brain.grad_accumulation_factor)
+    # Under DDP the stream holds every process's batches: each process takes its
+    # share of every epoch (make_train_loader), so each makes ``steps`` optimizer
+    # steps and validates after the same steps.
+    batches_per_step = int(brain.grad_accumulation_factor) * world_size()
     sampler = StepBatchSampler(
         len(train_set),
         int(hparams["frame_batch_size"]),
-        total_batches=steps * accumulation,
-        batches_per_epoch=valid_every * accumulation,
+        total_batches=steps * batches_per_step,
+        batches_per_epoch=valid_every * batches_per_step,
         seed=int(hparams["frame_seed"]),
     )
     epoch_counter = EpochCounter(limit=sampler.num_epochs)
@@ -1186,9 +1209,9 @@ def train_frame_model(
     workers = int(hparams.get("frame_num_workers", 0))
     # Private generators: creating the loaders' iterators draws nothing from the global
     # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
-    train_loader = brain.make_dataloader(
+    train_loader = make_train_loader(
+        brain,
         train_set,
-        stage=sb.Stage.TRAIN,
         batch_sampler=sampler,
         num_workers=workers,
         generator=torch.Generator(),
@@ -1201,7 +1224,6 @@ def train_frame_model(
         batch_size=int(hparams.get("frame_valid_batch_size", 1)),
         generator=torch.Generator(),
     )
-    brain.train_sampler = sampler
     logger.info(
         "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d: %d steps of %d, "
         "validation every %d steps.",
@@ -1368,7 +1390,7 @@ def run_frame_stage(
         The ``final`` folder, for :func:`load_frame_model`.
     """
     from speechbrain_ptapt.dataio import check_labels, inverse_prior_weights
-    from speechbrain_ptapt.experiment import load_hparams
+    from speechbrain_ptapt.experiment import load_hparams, write_json
 
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = Path(manifests["train"])
@@ -1402,8 +1424,7 @@ def run_frame_stage(
             shutil.rmtree(save_folder)
         if not settings_file.is_file():
             save_folder.mkdir(parents=True, exist_ok=True)
-            with open(settings_file, "w", encoding="utf-8") as f:
-                json.dump({"settings": fingerprint}, f, indent=2)
+            write_json(settings_file, {"settings": fingerprint})  # atomic
     ddp_barrier()
 
     classes = list(hparams["classes"])
@@ -1426,7 +1447,7 @@ def run_frame_stage(
         checkpointer,
     )
 
-    best = checkpointer.find_checkpoint(max_key="ua")
+    best = checkpointer.find_checkpoint(importance_key=validation_rank, ckpt_predicate=is_validated)
     if best is None:
         raise RuntimeError(f"no validated checkpoint in {save_folder}: nothing to select")
     state = torch.load(best.paramfiles["model"], map_location="cpu", weights_only=True)

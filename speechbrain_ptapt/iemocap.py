@@ -109,7 +109,8 @@ def parse_annotation_file(path: str | os.PathLike[str]) -> list[tuple[str, str, 
     path = Path(path)
     try:
         # Evaluator comments are free text; the turn lines are plain ASCII.
-        text = path.read_text(encoding="utf-8", errors="replace")
+        # utf-8-sig: a byte-order mark must not hide a turn line on the first line.
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as error:
         raise DataPreparationError(
             f"Cannot read annotation file {path} ({error}); expected a readable text file."
@@ -239,7 +240,14 @@ def _collect(
     for session, session_folder in sessions.items():
         wav_root = session_folder / "sentences" / "wav"
         for annotation in _annotation_files(session_folder):
-            for turn_id, code, _start, _end in parse_annotation_file(annotation):
+            turns = parse_annotation_file(annotation)
+            if not turns:
+                logger.warning(
+                    "Annotation file %s holds no turn line (truncated or emptied copy?); "
+                    "its dialog is left out. Restore it from the release to use it.",
+                    annotation,
+                )
+            for turn_id, code, _start, _end in turns:
                 turn = _TURN_ID.match(turn_id)
                 assert turn is not None  # checked by parse_annotation_file
                 if int(turn["session"]) != session:
@@ -269,7 +277,8 @@ def _collect(
                     raise DataPreparationError(
                         f"Audio file {wav} (labelled in {annotation}) is {sample_rate} Hz with "
                         f"{channels} channel(s); expected {IEMOCAP_SAMPLE_RATE} Hz mono as "
-                        "released in IEMOCAP_full_release."
+                        "released in IEMOCAP_full_release: restore the file from the release "
+                        "or convert it (e.g. sox in.wav -r 16000 -c 1 out.wav)."
                     )
                 entries.append(
                     {
@@ -499,6 +508,14 @@ def prepare_iemocap(
         held_out = int(fold)
         train = [entry for entry in entries if entry["session"] != held_out]
         test = [entry for entry in entries if entry["session"] == held_out]
+        if not train or not test:
+            empty = f"Session{held_out}" if not test else "every other session"
+            raise DataPreparationError(
+                f"IEMOCAP fold {fold} has no {'test' if not test else 'training'} utterance: "
+                f"{empty} of {root} holds no neu/hap/exc/sad/ang turn (are its "
+                "dialog/EmoEvaluation/*.txt files empty or truncated?); restore the "
+                "annotation files from the release or leave the fold out of --folds."
+            )
         write_json_atomic(fold_paths["train"], _manifest(train))
         write_json_atomic(fold_paths["test"], _manifest(test))
         logger.info("IEMOCAP fold %s: %d train, %d test utterances.", fold, len(train), len(test))

@@ -13,15 +13,17 @@ pseudo-labels. At IEMOCAP scale that is about 1.26 M frames x 512 float32
   or a tensor is read chunk by chunk; only a subsample (``max_points``) may be
   gathered once, and only when it is small compared with the data;
 * is deterministic: the subsample, the initial centroids (a seeded random
-  sample of distinct points, as faiss does) and the re-seeding of empty
-  clusters (the points farthest from their centroid, as scikit-learn does)
-  depend only on ``seed`` and the data; centroid sums use an order-fixed
-  ``index_add_`` on CPU and a one-hot matrix product on GPU (whose atomics-based
-  ``index_add_`` is not reproducible);
+  sample of distinct points, as faiss does, or optionally greedy k-means++ on
+  a subsample) and the re-seeding of empty clusters (the points farthest from
+  their centroid, as scikit-learn does) depend only on ``seed`` and the data;
+  centroid sums use an order-fixed ``index_add_`` on CPU and a one-hot matrix
+  product on GPU (whose atomics-based ``index_add_`` is not reproducible);
 * runs where torch runs: ``device=None`` picks CUDA when available; on CPU it
-  uses torch's intra-op thread count (``torch.get_num_threads()``) unchanged.
+  uses torch's intra-op thread count (``torch.get_num_threads()``) unchanged;
+  on GPU the matrix products follow torch's float32 matmul precision setting
+  (full float32 unless TF32 has been enabled).
 
-Same data, same seed, same device and thread count give bit-identical
+Same data, seed, chunk size, device and thread count give bit-identical
 centroids and labels.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,8 +44,8 @@ __all__ = ["KMeansResult", "assign_clusters", "fit_kmeans"]
 logger = logging.getLogger(__name__)
 
 #: Target number of float32 elements in one (chunk, K) distance block when the
-#: chunk size is chosen automatically: 2**24 elements = 64 MiB.
-_AUTO_BLOCK_ELEMENTS = 1 << 24
+#: chunk size is chosen automatically: 2**25 elements = 128 MiB.
+_AUTO_BLOCK_ELEMENTS = 1 << 25
 _AUTO_MIN_ROWS = 1024
 _AUTO_MAX_ROWS = 65536
 #: A subsample of at most this fraction of the rows is gathered once into a
@@ -87,7 +90,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _auto_chunk_rows(n_clusters: int) -> int:
-    """Rows per chunk so that a (rows, K) float32 block holds about 2**24 elements."""
+    """Rows per chunk so that a (rows, K) float32 block holds about 2**25 elements."""
     rows = _AUTO_BLOCK_ELEMENTS // max(n_clusters, 1)
     return int(min(max(rows, _AUTO_MIN_ROWS), _AUTO_MAX_ROWS))
 
@@ -102,6 +105,20 @@ def _shape_of(features: FeatureArray) -> tuple[int, int]:
         raise ValueError(f"features must have shape (N, D), got {tuple(features.shape)}")
     n, d = features.shape
     return int(n), int(d)
+
+
+def _as_tensor_view(array: np.ndarray) -> torch.Tensor | None:
+    """Zero-copy float32 tensor view of a C-contiguous float32 array (memmaps included).
+
+    Returns None for other dtypes or layouts. The view is only ever read, so
+    read-only arrays (e.g. a memmap opened with ``mode="r"``) are viewed too.
+    """
+    array = np.asarray(array)  # a memmap becomes a plain ndarray view, no copy
+    if array.dtype != np.float32 or not array.flags.c_contiguous:
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 class _RowSource:
@@ -154,12 +171,10 @@ class _RowSource:
     def _to_tensor(self, block: FeatureArray) -> torch.Tensor:
         """Turn a (rows, D) block into a contiguous float32 tensor on ``device``."""
         if isinstance(block, np.ndarray):
-            array = np.asarray(block)  # a memmap slice becomes a plain view, no copy
-            if array.dtype == np.float32 and array.flags.c_contiguous and array.flags.writeable:
-                tensor = torch.from_numpy(array)
-            else:
-                # Read-only, strided or non-float32 blocks are copied (one chunk at a time).
-                tensor = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
+            tensor = _as_tensor_view(block)
+            if tensor is None:
+                # Strided or non-float32 blocks are copied (one chunk at a time).
+                tensor = torch.from_numpy(np.array(block, dtype=np.float32, order="C"))
         else:
             tensor = block
         return tensor.to(device=self.device, dtype=torch.float32).contiguous()
@@ -169,6 +184,9 @@ class _RowSource:
         if isinstance(self.features, torch.Tensor):
             ids = rows.to(self.features.device)
             return self._to_tensor(self.features.index_select(0, ids))
+        view = _as_tensor_view(self.features)
+        if view is not None:  # multi-threaded gather straight from the array's memory
+            return self._to_tensor(view.index_select(0, rows))
         return self._to_tensor(self.features[rows.numpy()])
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
@@ -393,6 +411,7 @@ def _kmeans_plusplus(
     return points.index_select(0, torch.tensor(chosen, device=dev))
 
 
+@torch.no_grad()
 def fit_kmeans(
     features: FeatureArray,
     n_clusters: int,
@@ -426,8 +445,8 @@ def fit_kmeans(
     device : str | torch.device | None
         Where to compute; None picks CUDA when available, else CPU.
     chunk_size : int | None
-        Rows per chunk; None chooses about 2**24 / K rows (1024..65536), so
-        that the (rows, K) float32 distance block stays near 64 MiB.
+        Rows per chunk; None chooses about 2**25 / K rows (1024..65536), so
+        that the (rows, K) float32 distance block stays near 128 MiB.
     verbose : bool
         Log the inertia and elapsed time of every pass at INFO level.
     init : str
@@ -524,6 +543,7 @@ def fit_kmeans(
     )
 
 
+@torch.no_grad()
 def assign_clusters(
     features: FeatureArray,
     centroids: FeatureArray,
@@ -539,7 +559,7 @@ def assign_clusters(
     centroids : np.ndarray | torch.Tensor
         Cluster centres, shape (K, D).
     chunk_size : int | None
-        Rows per chunk; None chooses about 2**24 / K rows.
+        Rows per chunk; None chooses about 2**25 / K rows.
     device : str | torch.device | None
         Where to compute; None picks CUDA when available, else CPU.
 

@@ -875,12 +875,16 @@ def labels_are_fresh(out_folder: str | Path, fingerprint: dict[str, Any]) -> boo
     """True when ``out_folder`` holds finished labels computed from ``fingerprint``."""
     out_folder = Path(out_folder)
     path = out_folder / FINGERPRINT_FILE
-    return (
+    if not (
         path.is_file()
         and (out_folder / LABELS_FILE).is_file()
         and (out_folder / INDEX_FILE).is_file()
-        and read_json(path) == fingerprint
-    )
+    ):
+        return False
+    try:
+        return read_json(path) == fingerprint
+    except ValueError:  # a truncated or foreign fingerprint file: recompute
+        return False
 
 
 def _drop_codebooks_of_other_features(out_folder: Path, features: dict[str, Any]) -> None:
@@ -1096,6 +1100,54 @@ class PseudoLabelStore:
     def num_samples(self, utt_id: str) -> int:
         """Samples of the utterance's audio the labels were computed for."""
         return self._entry(utt_id)[2]
+
+    def check_compatible(
+        self,
+        manifest: str | Path,
+        wav2vec2_config: Wav2Vec2Config,
+        n_clusters: Sequence[int],
+    ) -> None:
+        """Refuses labels made for other utterances, another wav2vec2 frame geometry
+        or other K, before any training step reads them.
+
+        Arguments
+        ---------
+        manifest : str or Path
+            The manifest phase 2 trains on: every utterance needs labels.
+        wav2vec2_config : Wav2Vec2Config
+            Config of the backbone being adapted: its frames must be the labels' frames.
+        n_clusters : sequence of int
+            The K of the model's heads, in order.
+
+        Raises
+        ------
+        PseudoLabelMismatchError
+            Naming the folder, what differs and how to get matching labels.
+        """
+        redo = (
+            f"prepare the pseudo-labels again (delete {self.folder} or run "
+            "recipes/IEMOCAP/prepare_pseudo_labels.py with this manifest and backbone)."
+        )
+        ids = list(_read_manifest(manifest))
+        missing = [utt for utt in ids if utt not in self._entries]
+        if missing:
+            raise PseudoLabelMismatchError(
+                f"The pseudo-labels in {self.folder} have no labels for {len(missing)} of the "
+                f"{len(ids)} utterances of {manifest} (e.g. {', '.join(missing[:3])}): they "
+                f"were made for another manifest; {redo}"
+            )
+        geometry = frame_geometry(wav2vec2_config)
+        if geometry != self.frame_geometry:
+            raise PseudoLabelMismatchError(
+                f"The pseudo-labels in {self.folder} are aligned to wav2vec2 frames of "
+                f"{self.frame_geometry} but the backbone has {geometry}; {redo}"
+            )
+        wanted = [int(k) for k in n_clusters]
+        if wanted != self.n_clusters:
+            raise PseudoLabelMismatchError(
+                f"The pseudo-labels in {self.folder} have K = {self.n_clusters}, not the "
+                f"n_clusters = {wanted} of the model's heads; {redo}"
+            )
 
     def frame_count(self, num_samples: int) -> int:
         """wav2vec2 frames of an input of ``num_samples`` samples (at least 1)."""

@@ -24,13 +24,12 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
-from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.seed import seed_everything
 from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.dataio import duration_batch_sampler
+from speechbrain_ptapt.distributed import unwrap, world_size
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
     PseudoLabelStore,
@@ -40,12 +39,11 @@ from speechbrain_ptapt.pseudo_labels import (
 from speechbrain_ptapt.tapt import (
     MARKER_FILE,
     TAPTBrain,
-    WarmupFlatLinearDecay,
     check_settings,
+    fit_steps,
     manifest_digest,
     save_adapted,
-    stage_run_options,
-    world_size,
+    step_stage_brain,
 )
 
 logger = logging.getLogger(__name__)
@@ -229,7 +227,8 @@ class PTAPTBrain(TAPTBrain):
         """The sum over K of the masked-frame cross-entropies."""
         loss = predictions["loss"]
         self._window["loss"] += float(loss.detach())
-        for k, value in zip(self.modules.wav2vec2.heads.n_clusters, predictions["per_k"]):
+        n_clusters = unwrap(self.modules.wav2vec2).heads.n_clusters
+        for k, value in zip(n_clusters, predictions["per_k"]):
             self._window[f"ce_k{k}"] = self._window.get(f"ce_k{k}", 0.0) + float(value.detach())
         self._window["batches"] += 1
         return loss
@@ -311,41 +310,15 @@ def train_ptapt(
     train_manifest : str or Path
         The fold's training manifest (the utterances that were pseudo-labelled).
     store : PseudoLabelStore
-        The pseudo-labels.
+        The pseudo-labels; refused (:class:`PseudoLabelMismatchError`) when they lack
+        utterances of ``train_manifest`` or were made for another frame geometry or K.
     checkpointer : Checkpointer, optional
         Receives the stage's state; an existing checkpoint is resumed.
     """
+    store.check_compatible(train_manifest, model.backbone.config, model.heads.n_clusters)
     steps = int(hparams["ptapt_steps"])
-    scheduler = WarmupFlatLinearDecay(
-        hparams["ptapt_lr"], steps, hparams["warmup_steps"], hparams["ptapt_flat_fraction"]
-    )
-    epoch_counter = EpochCounter(limit=1)
-    if checkpointer is not None:
-        checkpointer.add_recoverables(
-            {
-                "wav2vec2": model,
-                "lr_scheduler": scheduler,
-                "counter": epoch_counter,
-                "rng": RandomState(),
-            }
-        )
-    opts = stage_run_options(
-        run_opts,
-        optimizer_step_limit=steps,
-        ckpt_interval_steps=int(hparams["ptapt_ckpt_interval_steps"]),
-        ckpt_interval_minutes=0.0,
-        max_grad_norm=float(hparams["ptapt_max_grad_norm"]),
-    )
-    brain = PTAPTBrain(
-        modules={"wav2vec2": model},
-        opt_class=hparams["ptapt_opt_class"],
-        hparams={
-            "lr_scheduler": scheduler,
-            "train_logger": hparams.get("ptapt_train_logger"),
-            "log_interval_steps": hparams.get("ptapt_log_interval_steps", 0),
-        },
-        run_opts=opts,
-        checkpointer=checkpointer,
+    brain, epoch_counter = step_stage_brain(
+        PTAPTBrain, model, hparams, "ptapt", run_opts, checkpointer
     )
     max_seconds = hparams["ptapt_max_seconds"]
     dataset = ptapt_dataset(train_manifest, store, model.sample_rate, max_seconds)
@@ -357,15 +330,6 @@ def train_ptapt(
         seed=int(hparams["ptapt_seed"]),
     )
     sampler = StepsOfDynamicBatches(batches, steps * brain.grad_accumulation_factor * world_size())
-    loader = brain.make_dataloader(
-        dataset,
-        stage=sb.Stage.TRAIN,
-        batch_sampler=sampler,
-        num_workers=int(hparams.get("ptapt_num_workers", 0)),
-        generator=torch.Generator(),
-    )
-    if brain.train_sampler is None:
-        brain.train_sampler = sampler
     logger.info(
         "P-TAPT phase 2 on %d utterances of %s: %d steps of about %s s of audio, K = %s.",
         len(dataset),
@@ -374,7 +338,7 @@ def train_ptapt(
         hparams["ptapt_batch_seconds"],
         model.heads.n_clusters,
     )
-    brain.fit(epoch_counter, loader)
+    fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("ptapt_num_workers", 0)))
     return brain
 
 
@@ -413,7 +377,7 @@ def run_ptapt_stage(
     """
     from transformers import Wav2Vec2Config
 
-    from speechbrain_ptapt.experiment import load_hparams
+    from speechbrain_ptapt.experiment import load_hparams, write_json
     from speechbrain_ptapt.frame_emotion import run_frame_stage
 
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
@@ -452,16 +416,10 @@ def run_ptapt_stage(
         check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
     elif if_main_process():
         save_folder.mkdir(parents=True, exist_ok=True)
-        with open(settings_file, "w", encoding="utf-8") as f:
-            json.dump({"settings": fingerprint}, f, indent=2)
+        write_json(settings_file, {"settings": fingerprint})  # atomic
     ddp_barrier()
 
     store = PseudoLabelStore(labels_folder)
-    if [int(k) for k in store.n_clusters] != [int(k) for k in hparams["n_clusters"]]:
-        raise RuntimeError(
-            f"The pseudo-labels in {labels_folder} have K = {store.n_clusters}, "
-            f"not n_clusters = {hparams['n_clusters']}."
-        )
     seed_everything(int(hparams["ptapt_seed"]))
     model = hparams["ptapt_model"]()
     brain = train_ptapt(

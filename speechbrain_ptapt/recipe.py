@@ -35,7 +35,9 @@ from speechbrain_ptapt.experiment import (
     write_json,
     write_summary,
 )
+from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
 from speechbrain_ptapt.preparation import DataPreparationError
+from speechbrain_ptapt.pseudo_labels import PseudoLabelMismatchError
 from speechbrain_ptapt.repeats import (
     FoldRuns,
     RepeatSettings,
@@ -51,6 +53,7 @@ from speechbrain_ptapt.subsets import (
 )
 from speechbrain_ptapt.tapt import TAPTSettingsError
 from speechbrain_ptapt.vft import fine_tune
+from speechbrain_ptapt.wav2vec1 import Wav2Vec1CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TAPTSettingsError,
     RepeatSettingsError,
     TrainingSubsetError,
+    HparamsError,
+    PseudoLabelMismatchError,
+    Wav2Vec1CheckpointError,
 )
 
 
@@ -78,12 +84,13 @@ def run_recipe(
     adapt: AdaptStage | None = None,
 ) -> dict[str, Any]:
     """Runs :func:`run_experiment`, reporting errors in the user's data or settings
-    as one clear message (exit status 1) instead of a traceback."""
+    as one clear line (exit status 1) instead of a traceback."""
     try:
         return run_experiment(argv, script_file, prepare, adapt)
     except USER_ERRORS as err:
-        logger.error("%s", err)
-        sys.exit(f"error: {err}")
+        message = " ".join(str(err).split())  # one line, whatever the library wrote
+        logger.error("%s", message)
+        sys.exit(f"error: {message}")
 
 
 def run_experiment(
@@ -121,6 +128,7 @@ def run_experiment(
     """
     configure_stdout_logging()
     hparams_file, run_opts, overrides = parse_recipe_arguments(argv, script_file)
+    check_overrides(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams = load_hparams(hparams_file, overrides)
     output_folder = hparams["output_folder"]

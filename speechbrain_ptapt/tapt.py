@@ -52,6 +52,7 @@ from speechbrain_ptapt.backbone import (
 )
 from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.dataio import audio_pipeline
+from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
 from speechbrain_ptapt.masking import TimeMask
 
 logger = logging.getLogger(__name__)
@@ -564,11 +565,96 @@ def stage_run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
     return base
 
 
-def world_size() -> int:
-    """Number of DDP processes (1 without DDP)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.getworld_size())
-    return 1
+def step_stage_brain(
+    brain_class: type,
+    model: torch.nn.Module,
+    hparams: dict[str, Any],
+    prefix: str,
+    run_opts: Any,
+    checkpointer: sb.utils.checkpoints.Checkpointer | None = None,
+) -> tuple[sb.Brain, EpochCounter]:
+    """The Brain of a stage counted in optimizer steps (TAPT, P-TAPT phase 2).
+
+    Reads ``<prefix>_steps``, ``<prefix>_lr``, ``warmup_steps``,
+    ``<prefix>_flat_fraction``, ``<prefix>_ckpt_interval_steps``,
+    ``<prefix>_max_grad_norm``, ``<prefix>_opt_class`` and optionally
+    ``<prefix>_train_logger`` and ``<prefix>_log_interval_steps``. The stage is one
+    epoch of exactly ``<prefix>_steps`` batches; the checkpointer receives the
+    model, the schedule, the epoch counter and the random state (SpeechBrain adds
+    the optimizer and the data position), so an interrupted stage resumes at the
+    step it reached.
+
+    Returns
+    -------
+    brain : sb.Brain
+        An instance of ``brain_class`` with ``modules.wav2vec2 = model``.
+    epoch_counter : EpochCounter
+        The counter to pass to ``fit``.
+    """
+    steps = int(hparams[f"{prefix}_steps"])
+    scheduler = WarmupFlatLinearDecay(
+        hparams[f"{prefix}_lr"],
+        steps,
+        hparams["warmup_steps"],
+        hparams[f"{prefix}_flat_fraction"],
+    )
+    epoch_counter = EpochCounter(limit=1)
+    if checkpointer is not None:
+        checkpointer.add_recoverables(
+            {
+                "wav2vec2": model,
+                "lr_scheduler": scheduler,
+                "counter": epoch_counter,
+                "rng": RandomState(),
+            }
+        )
+    opts = stage_run_options(
+        run_opts,
+        optimizer_step_limit=steps,
+        ckpt_interval_steps=int(hparams[f"{prefix}_ckpt_interval_steps"]),
+        ckpt_interval_minutes=0.0,
+        max_grad_norm=float(hparams[f"{prefix}_max_grad_norm"]),
+    )
+    # Under DDP: masks that hit no frame leave the mask embedding without a gradient.
+    opts = with_ddp_options(opts, model)
+    brain = brain_class(
+        modules={"wav2vec2": model},
+        opt_class=hparams[f"{prefix}_opt_class"],
+        hparams={
+            "lr_scheduler": scheduler,
+            "train_logger": hparams.get(f"{prefix}_train_logger"),
+            "log_interval_steps": hparams.get(f"{prefix}_log_interval_steps", 0),
+        },
+        run_opts=opts,
+        checkpointer=checkpointer,
+    )
+    return brain, epoch_counter
+
+
+def fit_steps(
+    brain: sb.Brain,
+    epoch_counter: EpochCounter,
+    dataset: DynamicItemDataset,
+    batch_sampler: torch.utils.data.Sampler,
+    num_workers: int = 0,
+) -> None:
+    """Trains a step-counted stage on ``dataset`` batched by ``batch_sampler``.
+
+    Under DDP each process takes its share of the sampler's batches
+    (:func:`speechbrain_ptapt.distributed.make_train_loader`): a sampler of
+    ``world_size`` times the stage's steps gives every process the stage's steps.
+    """
+    loader = make_train_loader(
+        brain,
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        # A private generator: creating the loader's iterator does not draw from
+        # the global random state, so a resumed stage draws what an uninterrupted
+        # one would.
+        generator=torch.Generator(),
+    )
+    brain.fit(epoch_counter, loader)
 
 
 def train_tapt(
@@ -604,36 +690,8 @@ def train_tapt(
         The brain after training (``optimizer_step`` == ``tapt_steps``).
     """
     steps = int(hparams["tapt_steps"])
-    scheduler = WarmupFlatLinearDecay(
-        hparams["tapt_lr"], steps, hparams["warmup_steps"], hparams["tapt_flat_fraction"]
-    )
-    epoch_counter = EpochCounter(limit=1)  # one epoch of ``tapt_steps`` batches
-    if checkpointer is not None:
-        checkpointer.add_recoverables(
-            {
-                "wav2vec2": model,
-                "lr_scheduler": scheduler,
-                "counter": epoch_counter,
-                "rng": RandomState(),
-            }
-        )
-    opts = stage_run_options(
-        run_opts,
-        optimizer_step_limit=steps,
-        ckpt_interval_steps=int(hparams["tapt_ckpt_interval_steps"]),
-        ckpt_interval_minutes=0.0,
-        max_grad_norm=float(hparams["tapt_max_grad_norm"]),
-    )
-    brain = TAPTBrain(
-        modules={"wav2vec2": model},
-        opt_class=hparams["tapt_opt_class"],
-        hparams={
-            "lr_scheduler": scheduler,
-            "train_logger": hparams.get("tapt_train_logger"),
-            "log_interval_steps": hparams.get("tapt_log_interval_steps", 0),
-        },
-        run_opts=opts,
-        checkpointer=checkpointer,
+    brain, epoch_counter = step_stage_brain(
+        TAPTBrain, model, hparams, "tapt", run_opts, checkpointer
     )
     max_seconds = hparams["tapt_max_seconds"]
     dataset = tapt_dataset(train_manifest, model.sample_rate, max_seconds)
@@ -644,18 +702,6 @@ def train_tapt(
         num_buckets=int(hparams["tapt_num_buckets"]),
         seed=int(hparams["tapt_seed"]),
     )
-    loader = brain.make_dataloader(
-        dataset,
-        stage=sb.Stage.TRAIN,
-        batch_sampler=sampler,
-        num_workers=int(hparams.get("tapt_num_workers", 0)),
-        # A private generator: creating the loader's iterator does not draw from
-        # the global random state, so a resumed stage draws what an uninterrupted
-        # one would.
-        generator=torch.Generator(),
-    )
-    if brain.train_sampler is None:
-        brain.train_sampler = sampler
     logger.info(
         "TAPT on %d utterances of %s: %d steps of %d utterances (crops of at most %s s).",
         len(dataset),
@@ -664,7 +710,7 @@ def train_tapt(
         hparams["tapt_batch_size"],
         max_seconds,
     )
-    brain.fit(epoch_counter, loader)
+    fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("tapt_num_workers", 0)))
     return brain
 
 
@@ -757,7 +803,7 @@ def run_tapt_stage(
     TAPTSettingsError
         When the fold's TAPT folder holds results of other settings or data.
     """
-    from speechbrain_ptapt.experiment import load_hparams
+    from speechbrain_ptapt.experiment import load_hparams, write_json
 
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = manifests["train"]
@@ -780,8 +826,7 @@ def run_tapt_stage(
         check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
     elif if_main_process():
         save_folder.mkdir(parents=True, exist_ok=True)
-        with open(settings_file, "w", encoding="utf-8") as f:
-            json.dump({"settings": fingerprint}, f, indent=2)
+        write_json(settings_file, {"settings": fingerprint})  # atomic
     ddp_barrier()
 
     seed_everything(int(hparams["tapt_seed"]))

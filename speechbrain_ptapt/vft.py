@@ -10,16 +10,19 @@ projection frozen; class-weighted cross-entropy; evaluation of the last model.
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import os
 from pathlib import Path
 
 import speechbrain as sb
 import torch
+from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.distributed import if_main_process
 from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options
+from speechbrain_ptapt.experiment import write_json
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
 
@@ -138,26 +141,30 @@ class VFTBrain(sb.Brain):
             self.test_metrics["loss"] = float(stage_loss)
             if if_main_process():
                 self._write_test_outputs(predictions)
+            # The logger writes on the main process and broadcasts: every process calls it.
+            logger_obj = getattr(self.hparams, "train_logger", None)
+            if logger_obj is not None:
+                logger_obj.log_stats(
+                    stats_meta={"test": "last model"},
+                    test_stats={k: self.test_metrics[k] for k in ("loss", "ua", "wa", "macro_f1")},
+                )
 
     def _write_test_outputs(self, predictions: list[int]) -> None:
+        """Writes ``predictions.csv`` and ``metrics.json`` (each atomically: a file of
+        that name is always complete)."""
         classes = list(self.hparams.classes)
         folder = Path(self.hparams.run_folder)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        tmp = folder / "predictions.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "target", "prediction"] + [f"p_{c}" for c in classes])
             for utt, target, pred, probs in zip(
                 self.test_ids, self.test_targets, predictions, self.test_probs
             ):
                 writer.writerow([utt, classes[target], classes[pred]] + [f"{p:.8f}" for p in probs])
-        with open(folder / "metrics.json", "w", encoding="utf-8") as f:
-            json.dump({"classes": classes, **self.test_metrics}, f, indent=2)
-        logger_obj = getattr(self.hparams, "train_logger", None)
-        if logger_obj is not None:
-            logger_obj.log_stats(
-                stats_meta={"test": "last model"},
-                test_stats={k: self.test_metrics[k] for k in ("loss", "ua", "wa", "macro_f1")},
-            )
+        os.replace(tmp, folder / "predictions.csv")
+        write_json(folder / "metrics.json", {"classes": classes, **self.test_metrics})
 
 
 def train_loader_options(hparams: dict, train_set) -> dict:
@@ -177,6 +184,23 @@ def train_loader_options(hparams: dict, train_set) -> dict:
         seed=int(hparams["run_seed"]),
     )
     return {"batch_sampler": sampler, "num_workers": options.get("num_workers", 0)}
+
+
+def train_loader(brain: sb.Brain, hparams: dict, train_set) -> torch.utils.data.DataLoader:
+    """The training loader of a run (:func:`train_loader_options`). Shuffled batches
+    follow a permutation seeded by ``run_seed`` and the epoch, the same on every
+    process; under DDP each process loads its own share of every epoch
+    (:func:`speechbrain_ptapt.distributed.make_train_loader`)."""
+    options = train_loader_options(hparams, train_set)
+    if "batch_sampler" not in options:
+        if options.pop("shuffle", False):
+            options["sampler"] = ReproducibleRandomSampler(train_set, seed=int(hparams["run_seed"]))
+        else:
+            options["sampler"] = torch.utils.data.SequentialSampler(train_set)
+    # A private generator: starting an epoch draws nothing from the global random
+    # state, so a run resumed in the middle of an epoch draws the crops and masks an
+    # uninterrupted one would.
+    return make_train_loader(brain, train_set, generator=torch.Generator(), **options)
 
 
 def fine_tune(
@@ -208,7 +232,8 @@ def fine_tune(
         inverse_prior_weights,
         make_label_encoder,
     )
-    from speechbrain_ptapt.experiment import read_json, write_json
+    from speechbrain_ptapt.experiment import read_json
+    from speechbrain_ptapt.tapt import stage_run_options
 
     folder = Path(hparams["run_folder"])
     result_file = folder / "result.json"
@@ -239,14 +264,10 @@ def fine_tune(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
-        run_opts=run_opts,
+        run_opts=with_ddp_options(stage_run_options(run_opts), *hparams["modules"].values()),
         checkpointer=hparams["checkpointer"],
     )
-    brain.fit(
-        hparams["epoch_counter"],
-        train_set,
-        train_loader_kwargs=train_loader_options(hparams, train_set),
-    )
+    brain.fit(hparams["epoch_counter"], train_loader(brain, hparams, train_set))
     brain.evaluate(test_set, test_loader_kwargs=hparams["test_dataloader_opts"])
     result = {
         "fold": str(hparams["fold"]),

@@ -130,6 +130,8 @@ def test_local_folder_without_config_is_explained(tmp_path):
 
 def test_unreachable_hub_id_is_explained(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable at import: without this it tries the network.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(BackboneLoadError, match="no-such-org/no-such-model"):
         Wav2Vec2Backbone("no-such-org/no-such-model", save_path=str(tmp_path))
 
