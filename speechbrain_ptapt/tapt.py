@@ -565,6 +565,34 @@ def stage_run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
     return base
 
 
+#: The yaml keys each step-counted stage reads, by prefix (see :func:`step_stage_brain`).
+STEP_STAGE_KEYS = {
+    prefix_keys[0].split("_")[0]: prefix_keys
+    for prefix_keys in (
+        (
+            "tapt_steps",
+            "tapt_lr",
+            "tapt_flat_fraction",
+            "tapt_ckpt_interval_steps",
+            "tapt_max_grad_norm",
+            "tapt_opt_class",
+            "tapt_train_logger",
+            "tapt_log_interval_steps",
+        ),
+        (
+            "ptapt_steps",
+            "ptapt_lr",
+            "ptapt_flat_fraction",
+            "ptapt_ckpt_interval_steps",
+            "ptapt_max_grad_norm",
+            "ptapt_opt_class",
+            "ptapt_train_logger",
+            "ptapt_log_interval_steps",
+        ),
+    )
+}
+
+
 def step_stage_brain(
     brain_class: type,
     model: torch.nn.Module,
@@ -591,6 +619,10 @@ def step_stage_brain(
     epoch_counter : EpochCounter
         The counter to pass to ``fit``.
     """
+    optional = (f"{prefix}_train_logger", f"{prefix}_log_interval_steps")
+    missing = [k for k in STEP_STAGE_KEYS[prefix] if k not in hparams and k not in optional]
+    if missing:
+        raise KeyError(f"The {prefix} stage needs the yaml keys {missing}.")
     steps = int(hparams[f"{prefix}_steps"])
     scheduler = WarmupFlatLinearDecay(
         hparams[f"{prefix}_lr"],
