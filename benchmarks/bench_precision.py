@@ -32,7 +32,8 @@ steps x 64 crops of 4.5 s on average, P-TAPT phase 2 20000 steps x 250 s. It
 assumes the step time grows linearly with the seconds of audio in the batch
 (padding and the quadratic part of attention ignored at these lengths) and
 leaves out data loading, evaluation, checkpoints and the P-TAPT phase 1 and
-k-means.
+k-means. A GPU is far from busy with 4 x 3 s: ``--batch 64 --seconds 4.5`` times
+batches like the paper's and gives closer projections.
 
 Usage::
 
