@@ -7,10 +7,13 @@ and set of options. The IEMOCAP and SAVEE preparations share these.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
+import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +245,30 @@ def is_macos_junk(name: str) -> bool:
     """Tell whether a file name is macOS metadata (AppleDouble ``._*``, ``.DS_Store``)
     that real corpus copies often carry beside the data."""
     return name.startswith("._") or name == ".DS_Store"
+
+
+def preparation_command(
+    prepare: Callable[..., dict],
+    argv: list[str] | None,
+    description: str,
+    data_help: str,
+    save_help: str,
+    folds_help: str,
+) -> int:
+    """The command line of a corpus preparation script: ``DATA_FOLDER SAVE_FOLDER
+    [--folds ...]``; prints the manifests of each fold and returns the exit status
+    (1 with one ``error:`` line on bad input)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("data_folder", help=data_help)
+    parser.add_argument("save_folder", help=save_help)
+    parser.add_argument("--folds", nargs="+", default=None, help=folds_help)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = prepare(args.data_folder, args.save_folder, folds=args.folds)
+    except DataPreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for fold, fold_paths in paths.items():
+        print(f"fold {fold}: train {fold_paths['train']}  test {fold_paths['test']}")
+    return 0

@@ -14,37 +14,24 @@ The work lives in :mod:`speechbrain_ptapt.iemocap`; this script re-exports
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
 from speechbrain_ptapt.iemocap import prepare_iemocap
-from speechbrain_ptapt.preparation import DataPreparationError
+from speechbrain_ptapt.preparation import preparation_command
 
 __all__ = ["prepare_iemocap"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the preparation from command-line arguments; return the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_folder", help="the IEMOCAP_full_release folder")
-    parser.add_argument("save_folder", help="where the fold_<k>/ manifests are written")
-    parser.add_argument(
-        "--folds",
-        nargs="+",
-        default=None,
-        help="held-out sessions to prepare (default: every session present)",
+    return preparation_command(
+        prepare_iemocap,
+        argv,
+        __doc__.splitlines()[0],
+        data_help="the IEMOCAP_full_release folder",
+        save_help="where the fold_<k>/ manifests are written",
+        folds_help="held-out sessions to prepare (default: every session present)",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        paths = prepare_iemocap(args.data_folder, args.save_folder, folds=args.folds)
-    except DataPreparationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for fold, fold_paths in paths.items():
-        print(f"fold {fold}: train {fold_paths['train']}  test {fold_paths['test']}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ the training scripts and runs it from the command line:
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from speechbrain_ptapt.preparation import DataPreparationError
+from speechbrain_ptapt.preparation import preparation_command
 from speechbrain_ptapt.savee import prepare_savee
 
 __all__ = ["prepare_savee"]
@@ -31,27 +29,14 @@ __all__ = ["prepare_savee"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the preparation from command-line arguments; return the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "data_folder", help="the folder holding AudioData, AudioData itself, or a flat folder"
+    return preparation_command(
+        prepare_savee,
+        argv,
+        __doc__.splitlines()[0],
+        data_help="the folder holding AudioData, AudioData itself, or a flat folder",
+        save_help="where wav16k/ and the fold_<SPK>/ manifests go",
+        folds_help="held-out speakers to prepare (default: every speaker present)",
     )
-    parser.add_argument("save_folder", help="where wav16k/ and the fold_<SPK>/ manifests go")
-    parser.add_argument(
-        "--folds",
-        nargs="+",
-        default=None,
-        help="held-out speakers to prepare (default: every speaker present)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        paths = prepare_savee(args.data_folder, args.save_folder, folds=args.folds)
-    except DataPreparationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for fold, fold_paths in paths.items():
-        print(f"fold {fold}: train {fold_paths['train']}  test {fold_paths['test']}")
-    return 0
 
 
 if __name__ == "__main__":
