@@ -21,7 +21,7 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 from speechbrain.utils.checkpoints import Checkpointer as SpeechBrainCheckpointer
-from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from speechbrain.utils.distributed import ddp_barrier, ddp_prevent_block, if_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -127,29 +127,48 @@ class Checkpointer(SpeechBrainCheckpointer):
         return checkpoint
 
 
-@register_checkpoint_hooks
 class RandomState:
     """Saves and restores the Python, NumPy and torch (CPU and CUDA) generators.
 
     Add it to a Checkpointer's recoverables: a run recovered from a checkpoint
-    then draws exactly the numbers the uninterrupted run would have drawn.
+    then draws exactly the numbers the uninterrupted run would have drawn. Under
+    DDP every process's generators are saved (gathered into the main process's
+    file) and each process gets its own back when the number of processes is the
+    same; otherwise every process gets the main process's.
     """
 
-    @mark_as_saver
-    def _save(self, path: str) -> None:
-        state = {
+    @staticmethod
+    def _state() -> dict:
+        return {
             "python": random.getstate(),
             "numpy": np.random.get_state(),
             "torch": torch.random.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
-        torch.save(state, path)
+
+    @mark_as_saver
+    def _save(self, path: str) -> None:
+        states = [self._state()]
+        if not ddp_prevent_block():  # runs on every process: gather their states
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, self._state())
+        if if_main_process():
+            torch.save({"ranks": states}, path)
 
     @mark_as_loader
     def _recover(self, path: str, end_of_epoch: bool = True) -> None:
-        state = torch.load(path, weights_only=False)
+        del end_of_epoch
+        saved = torch.load(path, weights_only=False)
+        states = saved["ranks"] if "ranks" in saved else [saved]
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        state = states[rank] if len(states) == size else states[0]
         random.setstate(state["python"])
         np.random.set_state(state["numpy"])
         torch.random.set_rng_state(state["torch"])
         if state["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Every process runs the saver (it gathers the processes' states; the main one writes).
+register_checkpoint_hooks(RandomState, save_on_main_only=False)

@@ -1,11 +1,13 @@
 """SpeechBrain data pipelines shared by every stage: audio (cropped for training),
-emotion labels, class priors."""
+emotion labels, class priors, batches by total duration."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import speechbrain as sb
@@ -161,3 +163,123 @@ def duration_batch_sampler(
         batch_ordering="random",
         seed=int(seed),
     )
+
+
+class BatchStream(torch.utils.data.Sampler):
+    """Batches for a fixed number of optimizer steps, cut into epochs.
+
+    An endless stream of passes over the data (:meth:`one_pass`, defined by
+    subclasses from a seed and the pass index). Epoch ``e`` (1-based) yields batches
+    ``[(e - 1) * batches_per_epoch, e * batches_per_epoch)`` of the stream, never
+    beyond ``total_batches``, so the batches depend only on the seed and their
+    position, and an interrupted stage can skip the ones it has seen.
+
+    Arguments
+    ---------
+    total_batches : int
+        Batches of the whole stage.
+    batches_per_epoch : int, optional
+        Batches between two validations; None: the whole stage is one epoch.
+    """
+
+    def __init__(self, total_batches: int, batches_per_epoch: int | None = None) -> None:
+        per_epoch = max(1, total_batches) if batches_per_epoch is None else batches_per_epoch
+        if total_batches < 0 or per_epoch < 1:
+            raise ValueError(
+                f"need total_batches >= 0 and batches_per_epoch >= 1; "
+                f"got {total_batches}, {batches_per_epoch}"
+            )
+        self.total_batches = int(total_batches)
+        self.batches_per_epoch = int(per_epoch)
+        self.epoch = 1
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs needed to yield ``total_batches``."""
+        return max(1, math.ceil(self.total_batches / self.batches_per_epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch (1-based; SpeechBrain calls this before each epoch)."""
+        self.epoch = int(epoch)
+
+    def one_pass(self, pass_index: int) -> list[list[int]]:
+        """The batches of pass ``pass_index`` over the data."""
+        raise NotImplementedError
+
+    def _stream(self) -> Iterator[list[int]]:
+        for pass_index in itertools.count():
+            yield from self.one_pass(pass_index)
+
+    def _bounds(self) -> tuple[int, int]:
+        start = min(max(self.epoch - 1, 0) * self.batches_per_epoch, self.total_batches)
+        return start, min(start + self.batches_per_epoch, self.total_batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start, stop = self._bounds()
+        return itertools.islice(self._stream(), start, stop)
+
+    def __len__(self) -> int:
+        start, stop = self._bounds()
+        return stop - start
+
+
+class DurationStepBatchSampler(BatchStream):
+    """A :class:`BatchStream` of batches by total duration: pass ``p`` is the
+    batching of the wrapped :class:`~speechbrain.dataio.sampler.DynamicBatchSampler`
+    at its epoch ``p`` (length buckets, a duration budget per batch, shuffled from
+    its seed).
+
+    Arguments
+    ---------
+    sampler : DynamicBatchSampler
+        The batching of one pass (see :func:`duration_batch_sampler`).
+    total_batches : int
+        Batches of the whole stage.
+    batches_per_epoch : int, optional
+        Batches between two validations; None: the whole stage is one epoch.
+    """
+
+    def __init__(
+        self,
+        sampler: DynamicBatchSampler,
+        total_batches: int,
+        batches_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__(total_batches, batches_per_epoch)
+        self.sampler = sampler
+
+    def one_pass(self, pass_index: int) -> list[list[int]]:
+        """The batches of pass ``pass_index`` over the data."""
+        self.sampler.set_epoch(pass_index)
+        return [list(batch) for batch in self.sampler._batches]
+
+
+#: The yaml keys of the duration batches of each step-counted stage: seconds of
+#: audio per batch, length buckets, seed of the shuffles.
+DURATION_BATCH_KEYS = {
+    "tapt": ("tapt_batch_seconds", "tapt_num_buckets", "tapt_seed"),
+    "frame": ("frame_batch_seconds", "frame_num_buckets", "frame_seed"),
+    "ptapt": ("ptapt_batch_seconds", "ptapt_num_buckets", "ptapt_seed"),
+}
+
+
+def duration_step_batches(
+    dataset: DynamicItemDataset,
+    hparams: dict,
+    stage: str,
+    max_seconds: float | None,
+    total_batches: int,
+    batches_per_epoch: int | None = None,
+) -> DurationStepBatchSampler:
+    """The duration batches of the step-counted ``stage`` (a key of
+    :data:`DURATION_BATCH_KEYS`): its seconds of (cropped) audio per batch, in its
+    length buckets, shuffled from its seed (see :class:`DurationStepBatchSampler`)."""
+    seconds_key, buckets_key, seed_key = DURATION_BATCH_KEYS[stage]
+    per_pass = duration_batch_sampler(
+        dataset,
+        float(hparams[seconds_key]),
+        max_seconds,
+        int(hparams[buckets_key]),
+        seed=int(hparams[seed_key]),
+    )
+    return DurationStepBatchSampler(per_pass, total_batches, batches_per_epoch)

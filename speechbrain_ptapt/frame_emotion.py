@@ -19,13 +19,12 @@ CNN frames).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from speechbrain_ptapt.backbone import (
     wav2vec2_frame_lengths,
 )
 from speechbrain_ptapt.checkpointing import RandomState
+from speechbrain_ptapt.dataio import BatchStream
 from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
@@ -130,6 +130,14 @@ _COMMON_KEYS = (
     "frame_lstm_dim",
     "frame_head_dim",
 )
+#: Hyperparameters that define the stage only when set (not null): random crops
+#: (``frame_max_seconds``) and batches by total duration (``frame_batch_seconds``,
+#: bucketed into ``frame_num_buckets``). Absent from the fingerprint otherwise, so
+#: stages run before they existed keep theirs.
+_OPTIONAL_KEYS = {
+    "frame_max_seconds": (),
+    "frame_batch_seconds": ("frame_num_buckets",),
+}
 #: Hyperparameters that define the stage for one encoder only.
 _ENCODER_KEYS = {
     "wav2vec1": ("wav2vec1_checkpoint",),
@@ -939,15 +947,13 @@ def split_validation(
     return train_path, valid_path
 
 
-class StepBatchSampler(torch.utils.data.Sampler):
-    """Random batches for a fixed number of optimizer steps, cut into epochs.
+class StepBatchSampler(BatchStream):
+    """Random batches of a fixed number of utterances for a fixed number of optimizer
+    steps, cut into epochs (a :class:`~speechbrain_ptapt.dataio.BatchStream`).
 
-    An endless stream of passes over the data: pass ``p`` is a permutation drawn from
-    ``numpy.random.default_rng([seed, p])``, cut into full batches (the remainder is
-    dropped, as in the authors' code; with fewer items than ``batch_size`` a pass is
-    one batch of all). Epoch ``e`` (1-based) yields batches
-    ``[(e - 1) * batches_per_epoch, e * batches_per_epoch)`` of the stream, never
-    beyond ``total_batches``, so an interrupted stage can skip what it has seen.
+    Pass ``p`` is a permutation drawn from ``numpy.random.default_rng([seed, p])``,
+    cut into full batches (the remainder is dropped, as in the authors' code; with
+    fewer items than ``batch_size`` a pass is one batch of all).
 
     Arguments
     ---------
@@ -976,43 +982,16 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 f"need num_items, batch_size, batches_per_epoch >= 1 and total_batches >= 0; "
                 f"got {num_items}, {batch_size}, {batches_per_epoch}, {total_batches}"
             )
+        super().__init__(total_batches, batches_per_epoch)
         self.num_items = int(num_items)
         self.batch_size = int(batch_size)
-        self.total_batches = int(total_batches)
-        self.batches_per_epoch = int(batches_per_epoch)
         self.seed = int(seed)
-        self.epoch = 1
-
-    @property
-    def num_epochs(self) -> int:
-        """Epochs needed to yield ``total_batches``."""
-        return max(1, math.ceil(self.total_batches / self.batches_per_epoch))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (1-based; SpeechBrain calls this before each epoch)."""
-        self.epoch = int(epoch)
 
     def one_pass(self, pass_index: int) -> list[list[int]]:
         """The batches of pass ``pass_index`` over the data."""
         order = np.random.default_rng([self.seed, pass_index]).permutation(self.num_items)
         size = min(self.batch_size, self.num_items)
         return [order[i : i + size].tolist() for i in range(0, self.num_items - size + 1, size)]
-
-    def _stream(self) -> Iterator[list[int]]:
-        for pass_index in itertools.count():
-            yield from self.one_pass(pass_index)
-
-    def _bounds(self) -> tuple[int, int]:
-        start = min((self.epoch - 1) * self.batches_per_epoch, self.total_batches)
-        return start, min(start + self.batches_per_epoch, self.total_batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start, stop = self._bounds()
-        return itertools.islice(self._stream(), start, stop)
-
-    def __len__(self) -> int:
-        start, stop = self._bounds()
-        return stop - start
 
 
 # ----------------------------------------------------------------------------
@@ -1093,6 +1072,9 @@ class FrameEmotionBrain(sb.Brain):
                 valid_stats=self.valid_stats,
             )
         if stage == sb.Stage.VALID and self.checkpointer is not None:
+            # The epoch is over: a run resumed from this checkpoint starts the next
+            # epoch's batch count (and its loss average) at 0, as an uninterrupted one.
+            self.step = 0
             self.checkpointer.save_and_keep_only(
                 meta={**meta, **self.valid_stats},
                 importance_keys=[validation_rank],
@@ -1130,7 +1112,10 @@ def train_frame_model(
     model : FrameEmotionModel
         The model, encoder weights loaded.
     hparams : mapping
-        ``classes``, ``sample_rate``, ``frame_steps``, ``frame_batch_size``, ``frame_lr``,
+        ``classes``, ``sample_rate``, ``frame_steps``, ``frame_batch_size`` (or
+        ``frame_batch_seconds`` and ``frame_num_buckets``: batches of that many seconds
+        of length-bucketed audio when not None), ``frame_max_seconds`` (random crops of
+        at most that length when not None), ``frame_lr``,
         ``frame_warmup_steps``, ``frame_flat_fraction``, ``frame_valid_every``,
         ``frame_valid_batch_size``, ``frame_seed``, ``frame_ckpt_interval_steps``,
         ``frame_max_grad_norm``, ``frame_num_workers``, ``frame_opt_class`` and optionally
@@ -1150,7 +1135,11 @@ def train_frame_model(
     FrameEmotionBrain
         The brain after training (``optimizer_step == frame_steps``).
     """
-    from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
+    from speechbrain_ptapt.dataio import (
+        duration_step_batches,
+        emotion_dataset,
+        make_label_encoder,
+    )
 
     steps = int(hparams["frame_steps"])
     valid_every = max(1, min(int(hparams["frame_valid_every"]), steps))
@@ -1161,7 +1150,8 @@ def train_frame_model(
         float(hparams["frame_flat_fraction"]),
     )
     encoder = make_label_encoder(hparams["classes"])
-    train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"])
+    max_seconds = hparams.get("frame_max_seconds")
+    train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"], max_seconds)
     valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=True)
 
     max_grad_norm = float(hparams["frame_max_grad_norm"])
@@ -1189,13 +1179,26 @@ def train_frame_model(
     # share of every epoch (make_train_loader), so each makes ``steps`` optimizer
     # steps and validates after the same steps.
     batches_per_step = int(brain.grad_accumulation_factor) * world_size()
-    sampler = StepBatchSampler(
-        len(train_set),
-        int(hparams["frame_batch_size"]),
-        total_batches=steps * batches_per_step,
-        batches_per_epoch=valid_every * batches_per_step,
-        seed=int(hparams["frame_seed"]),
-    )
+    batch_seconds = hparams.get("frame_batch_seconds")
+    if batch_seconds is None:
+        sampler = StepBatchSampler(
+            len(train_set),
+            int(hparams["frame_batch_size"]),
+            total_batches=steps * batches_per_step,
+            batches_per_epoch=valid_every * batches_per_step,
+            seed=int(hparams["frame_seed"]),
+        )
+        batches = f"{hparams['frame_batch_size']} utterances"
+    else:
+        sampler = duration_step_batches(
+            train_set,
+            hparams,
+            "frame",
+            max_seconds,
+            total_batches=steps * batches_per_step,
+            batches_per_epoch=valid_every * batches_per_step,
+        )
+        batches = f"about {batch_seconds} s of audio"
     epoch_counter = EpochCounter(limit=sampler.num_epochs)
     if checkpointer is not None:
         checkpointer.add_recoverables(
@@ -1225,14 +1228,15 @@ def train_frame_model(
         generator=torch.Generator(),
     )
     logger.info(
-        "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d: %d steps of %d, "
-        "validation every %d steps.",
+        "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d: %d steps of %s "
+        "(crops of at most %s s, then to the batch's shortest), validation every %d steps.",
         model.frame_encoder,
         len(train_set),
         train_manifest,
         len(valid_set),
         steps,
-        hparams["frame_batch_size"],
+        batches,
+        max_seconds,
         valid_every,
     )
     brain.fit(epoch_counter, train_loader, valid_loader)
@@ -1277,6 +1281,9 @@ def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) ->
         raise ValueError(f"frame_encoder must be one of {FRAME_ENCODERS}, got {encoder!r}")
     keys = _COMMON_KEYS + _ENCODER_KEYS[encoder]
     settings = {key: hparams[key] for key in keys}
+    for key, companions in _OPTIONAL_KEYS.items():
+        if hparams.get(key) is not None:
+            settings.update({k: hparams[k] for k in (key, *companions)})
     for key in ("wav2vec1_checkpoint", "wav2vec2_hub"):
         if settings.get(key) is not None:
             settings[key] = str(settings[key])

@@ -71,6 +71,7 @@ POSITIVE_INTS = frozenset(
         "kmeans_points_per_cluster",
         "ptapt_steps",
         "ptapt_num_buckets",
+        "frame_num_buckets",
         "ptapt_head_dim",
         "ptapt_time_mask_length",
     }
@@ -110,6 +111,9 @@ POSITIVE_NUMBERS = frozenset(
         "ptapt_max_seconds",
         "dynamic_batch_seconds",
         "ptapt_batch_seconds",
+        "tapt_batch_seconds",
+        "frame_batch_seconds",
+        "frame_max_seconds",
         "outlier_num_std",
         "tapt_gumbel_temperature",
     }
@@ -134,9 +138,18 @@ FRACTIONS = frozenset(
 #: Settings that take any number even where the yaml writes an integer default.
 NUMBERS = POSITIVE_NUMBERS | FRACTIONS | {"ckpt_interval_minutes"}
 
-#: Settings that may be set to null although their default is a number (whole
-#: utterances instead of crops).
-NULLABLE = frozenset({"max_train_seconds", "tapt_max_seconds", "ptapt_max_seconds"})
+#: Settings that may be null (whole utterances instead of crops, batches of a number
+#: of utterances instead of a duration budget).
+NULLABLE = frozenset(
+    {
+        "max_train_seconds",
+        "tapt_max_seconds",
+        "ptapt_max_seconds",
+        "frame_max_seconds",
+        "tapt_batch_seconds",
+        "frame_batch_seconds",
+    }
+)
 
 #: Settings with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {

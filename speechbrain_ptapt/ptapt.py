@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.dataio import duration_batch_sampler
+from speechbrain_ptapt.dataio import duration_step_batches
 from speechbrain_ptapt.distributed import unwrap, world_size
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
@@ -234,46 +233,6 @@ class PTAPTBrain(TAPTBrain):
         return loss
 
 
-class StepsOfDynamicBatches(torch.utils.data.Sampler):
-    """A fixed number of SpeechBrain dynamic batches (total duration per batch),
-    taken from as many passes over the data as needed.
-
-    Pass ``p`` of epoch ``e`` is the DynamicBatchSampler's epoch ``e * 100003 + p``,
-    so the batches depend only on the seed and their position, and an interrupted
-    stage can skip the batches it has seen.
-
-    Arguments
-    ---------
-    sampler : DynamicBatchSampler
-        The per-pass batching (length buckets, a duration budget per batch).
-    num_batches : int
-        Batches to yield per epoch.
-    """
-
-    def __init__(self, sampler: DynamicBatchSampler, num_batches: int) -> None:
-        self.sampler = sampler
-        self.num_batches = int(num_batches)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch (called by SpeechBrain before each epoch)."""
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yielded, pass_index = 0, 0
-        while yielded < self.num_batches:
-            self.sampler.set_epoch(self.epoch * 100003 + pass_index)
-            for batch in list(self.sampler._batches):
-                if yielded == self.num_batches:
-                    return
-                yielded += 1
-                yield batch
-            pass_index += 1
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-
 def ptapt_dataset(
     manifest: str | Path, store: PseudoLabelStore, sample_rate: int, max_seconds: float | None
 ) -> DynamicItemDataset:
@@ -322,14 +281,8 @@ def train_ptapt(
     )
     max_seconds = hparams["ptapt_max_seconds"]
     dataset = ptapt_dataset(train_manifest, store, model.sample_rate, max_seconds)
-    batches = duration_batch_sampler(
-        dataset,
-        float(hparams["ptapt_batch_seconds"]),
-        max_seconds,
-        int(hparams["ptapt_num_buckets"]),
-        seed=int(hparams["ptapt_seed"]),
-    )
-    sampler = StepsOfDynamicBatches(batches, steps * brain.grad_accumulation_factor * world_size())
+    num_batches = steps * brain.grad_accumulation_factor * world_size()
+    sampler = duration_step_batches(dataset, hparams, "ptapt", max_seconds, num_batches)
     logger.info(
         "P-TAPT phase 2 on %d utterances of %s: %d steps of about %s s of audio, K = %s.",
         len(dataset),

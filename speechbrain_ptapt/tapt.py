@@ -51,7 +51,7 @@ from speechbrain_ptapt.backbone import (
     receptive_field_samples,
 )
 from speechbrain_ptapt.checkpointing import RandomState
-from speechbrain_ptapt.dataio import audio_pipeline
+from speechbrain_ptapt.dataio import audio_pipeline, duration_step_batches
 from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
 from speechbrain_ptapt.masking import TimeMask
 
@@ -75,6 +75,9 @@ FINGERPRINT_KEYS = (
     "tapt_gumbel_temperature",
     "tapt_max_grad_norm",
 )
+#: Settings that define the stage only when set (not null); absent from the
+#: fingerprint otherwise, so stages run before they existed keep theirs.
+OPTIONAL_FINGERPRINT_KEYS = ("tapt_batch_seconds",)
 
 
 class TAPTSettingsError(RuntimeError):
@@ -547,6 +550,7 @@ class TAPTBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
         """End of the stage: a final checkpoint, so a rerun finds it finished."""
         if stage == sb.Stage.TRAIN and self.checkpointer is not None:
+            self.step = 0  # the epoch is over (SpeechBrain resets it after this hook)
             self.checkpointer.save_and_keep_only(
                 meta={"optimizer_step": self.optimizer_step, "train_loss": float(stage_loss)},
                 num_to_keep=1,
@@ -703,7 +707,9 @@ def train_tapt(
     model : Wav2Vec2Pretraining
         The model, with the weights to adapt.
     hparams : dict
-        ``tapt_steps``, ``tapt_batch_size``, ``warmup_steps``, ``tapt_flat_fraction``,
+        ``tapt_steps``, ``tapt_batch_size`` (or ``tapt_batch_seconds``: batches of
+        that many seconds of length-bucketed audio when not None), ``warmup_steps``,
+        ``tapt_flat_fraction``,
         ``tapt_lr``, ``tapt_max_seconds``, ``tapt_num_buckets``, ``tapt_seed``,
         ``tapt_ckpt_interval_steps``, ``tapt_log_interval_steps``,
         ``tapt_max_grad_norm``, ``tapt_num_workers``, ``tapt_opt_class`` and
@@ -727,19 +733,26 @@ def train_tapt(
     )
     max_seconds = hparams["tapt_max_seconds"]
     dataset = tapt_dataset(train_manifest, model.sample_rate, max_seconds)
-    sampler = BucketBatchSampler(
-        cropped_durations(dataset, max_seconds),
-        batch_size=int(hparams["tapt_batch_size"]),
-        num_batches=steps * brain.grad_accumulation_factor * world_size(),
-        num_buckets=int(hparams["tapt_num_buckets"]),
-        seed=int(hparams["tapt_seed"]),
-    )
+    num_batches = steps * brain.grad_accumulation_factor * world_size()
+    batch_seconds = hparams.get("tapt_batch_seconds")
+    if batch_seconds is None:
+        sampler = BucketBatchSampler(
+            cropped_durations(dataset, max_seconds),
+            batch_size=int(hparams["tapt_batch_size"]),
+            num_batches=num_batches,
+            num_buckets=int(hparams["tapt_num_buckets"]),
+            seed=int(hparams["tapt_seed"]),
+        )
+        batches = f"{hparams['tapt_batch_size']} utterances"
+    else:
+        sampler = duration_step_batches(dataset, hparams, "tapt", max_seconds, num_batches)
+        batches = f"about {batch_seconds} s of audio"
     logger.info(
-        "TAPT on %d utterances of %s: %d steps of %d utterances (crops of at most %s s).",
+        "TAPT on %d utterances of %s: %d steps of %s (crops of at most %s s).",
         len(dataset),
         train_manifest,
         steps,
-        hparams["tapt_batch_size"],
+        batches,
         max_seconds,
     )
     fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("tapt_num_workers", 0)))
@@ -763,6 +776,9 @@ def manifest_digest(manifest: str | Path) -> str:
 def tapt_fingerprint(hparams: dict[str, Any], train_manifest: str | Path) -> dict[str, Any]:
     """The settings that define a fold's TAPT stage, plus its training data digest."""
     settings = {key: hparams[key] for key in FINGERPRINT_KEYS}
+    settings.update(
+        {key: hparams[key] for key in OPTIONAL_FINGERPRINT_KEYS if hparams.get(key) is not None}
+    )
     settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
     settings["train_manifest"] = manifest_digest(train_manifest)
     return json.loads(json.dumps(settings))

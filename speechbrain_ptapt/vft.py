@@ -117,6 +117,12 @@ class VFTBrain(sb.Brain):
             self.test_probs.extend(probs.tolist())
         return loss
 
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Loads the last checkpoint; the test loss is then averaged over the test
+        batches alone, whatever batch count the checkpoint recorded."""
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        self.step = 0
+
     def on_stage_start(self, stage, epoch=None):
         """Resets the collected test predictions."""
         if stage == sb.Stage.TEST:
@@ -130,6 +136,9 @@ class VFTBrain(sb.Brain):
             if logger_obj is not None:
                 logger_obj.log_stats(stats_meta={"epoch": epoch}, train_stats={"loss": stage_loss})
             if self.checkpointer is not None:
+                # The epoch is over: its checkpoint starts the next one (and the test
+                # loss average, which evaluate() starts from the recovered count) at 0.
+                self.step = 0
                 self.checkpointer.save_and_keep_only(
                     meta={"epoch": epoch, "train_loss": stage_loss}, num_to_keep=1
                 )

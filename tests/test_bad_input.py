@@ -603,6 +603,10 @@ OPTION_ERRORS = [
     ("k-not-a-list", "ptapt", ["--n_clusters=64"], ["expected a list"]),
     ("unknown-frame-encoder", "ptapt", ["--frame_encoder=wav3vec"], ["one of wav2vec1, w2v2_cnn"]),
     ("probability-above-1", "vft", ["--time_mask_prob=1.5"], ["between 0 and 1"]),
+    ("batch-seconds-not-a-number", "tapt", ["--tapt_batch_seconds=lots"],
+     ["--tapt_batch_seconds=lots", "expected a number"]),
+    ("batch-seconds-zero", "ptapt", ["--frame_batch_seconds=0"],
+     ["--frame_batch_seconds=0", "greater than 0"]),
     ("malformed-value", "vft", ["--folds=[1,2"], ["Cannot read the command-line option '--folds"]),
     ("data-folder-not-given", "vft", ["--data_folder"], ["--data_folder is required"]),
     ("data-folder-empty-value", "vft", ["--data_folder="], ["--data_folder is required"]),
@@ -637,6 +641,14 @@ def test_good_options_keep_their_yaml_types():
                          "runs": 1, "max_train_seconds": None}
     assert run_opts["precision"] == "bf16"
     check_overrides(hparams_file, overrides)
+    # batches by duration are switched on (a number) or off (null) from the command line
+    ptapt_yaml = REPO / "recipes" / "IEMOCAP" / "hparams" / "ptapt.yaml"
+    check_overrides(
+        ptapt_yaml,
+        {"data_folder": "/data", "frame_batch_seconds": 250, "frame_max_seconds": None},
+    )
+    tapt_yaml = ptapt_yaml.with_name("tapt.yaml")
+    check_overrides(tapt_yaml, {"data_folder": "/data", "tapt_batch_seconds": 120.5})
 
 
 @pytest.mark.parametrize("method", ["vft", "tapt", "ptapt"])

@@ -1,10 +1,12 @@
-"""Duration (dynamic) batches for fine-tuning and P-TAPT phase 2."""
+"""Duration (dynamic) batches for fine-tuning and the step-counted stages (TAPT,
+P-TAPT phases 1 and 2)."""
 
 from __future__ import annotations
 
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import DynamicBatchSampler
 
+from speechbrain_ptapt.dataio import DurationStepBatchSampler, duration_batch_sampler
 from speechbrain_ptapt.vft import train_loader_options
 
 
@@ -55,3 +57,38 @@ def test_duration_batches_are_reproducible_per_epoch():
         return [list(map(int, b)) for b in sampler]
 
     assert epoch_batches(3) == epoch_batches(3)
+
+
+def test_step_stages_stream_duration_batches_across_passes_cut_into_epochs():
+    durations = [0.8 + 0.37 * i for i in range(30)]  # 0.8 .. 11.5 s
+    dataset = _dataset(durations)
+
+    def stream(total, per_epoch):
+        per_pass = duration_batch_sampler(dataset, 9.0, 4.0, num_buckets=4, seed=3)
+        return DurationStepBatchSampler(per_pass, total, per_epoch)
+
+    sampler = stream(25, 10)
+    assert sampler.num_epochs == 3
+    epochs = []
+    for epoch in (1, 2, 3):
+        sampler.set_epoch(epoch)
+        epochs.append([list(map(int, b)) for b in sampler])
+        assert len(epochs[-1]) == len(sampler)
+    assert [len(e) for e in epochs] == [10, 10, 5]
+    # the epochs are consecutive slices of one stream of whole passes
+    passes = [stream(1, 1).one_pass(p) for p in range(4)]
+    flat_stream = [[int(i) for i in b] for one in passes for b in one]
+    assert len(flat_stream) >= 25
+    assert [b for e in epochs for b in e] == flat_stream[:25]
+    for one in passes:  # every pass holds every utterance once, within the budget
+        assert sorted(int(i) for b in one for i in b) == list(range(len(durations)))
+        for batch in one:
+            assert sum(min(durations[int(i)], 4.0) for i in batch) <= 9.0 + 1e-9
+    assert passes[0] != passes[1]  # a new shuffle each pass
+    # rebuilt from the same seed: the same batches (what a resumed stage relies on)
+    again = stream(25, 10)
+    again.set_epoch(2)
+    assert [list(map(int, b)) for b in again] == epochs[1]
+    whole = stream(25, None)
+    whole.set_epoch(1)
+    assert whole.num_epochs == 1 and [list(map(int, b)) for b in whole] == flat_stream[:25]

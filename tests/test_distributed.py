@@ -4,7 +4,8 @@ epoch per process with the same number of steps, identical weights at the end.
 
 The recipes run through ``tests/recipe_driver.py --record=DIR``, which records the
 ids of every training batch and a digest of the weights after each ``fit``, per
-process.
+process. V-FT runs a tiny wav2vec2 with LayerDrop, which fails under DDP unless
+unused-parameter detection is on.
 """
 
 from __future__ import annotations
@@ -12,13 +13,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO
+
+from speechbrain_ptapt.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.distributed import (
+    RankShare,
+    needs_unused_parameter_search,
+    with_ddp_options,
+)
+from speechbrain_ptapt.tapt import BucketBatchSampler
 
 DRIVER = REPO / "tests" / "recipe_driver.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -28,17 +39,27 @@ TINY = [
 ]
 
 
-def torchrun(method: str, corpus, model: Path, out: Path, record: Path, extra: list[str]):
-    """``torchrun --standalone --nproc_per_node=2`` on a recipe, from the repository root."""
+def torchrun(
+    method: str,
+    corpus,
+    model: Path,
+    out: Path,
+    record: Path,
+    extra: list[str],
+    kill: str | None = None,
+) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2`` on a recipe, from the repository
+    root; it must succeed unless a kill point is given."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(DRIVER), f"--record={record}",
+        str(DRIVER), f"--record={record}", *([f"--kill={kill}"] if kill else []),
         f"recipes/IEMOCAP/train_{method}.py", f"hparams/{method}.yaml",
         f"--data_folder={corpus.root}", f"--output_folder={out}", f"--wav2vec2_hub={model}",
         *TINY, *extra, "--distributed_backend=gloo",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    if kill is None:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
@@ -77,11 +98,71 @@ def final_weights(recs: dict[int, list[dict]], stage_suffix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def vft_ddp(iemocap_corpus, tiny_wav2vec2, tmp_path_factory):
+def layerdrop_wav2vec2(tiny_wav2vec2, tmp_path_factory) -> Path:
+    """The tiny wav2vec2 with LayerDrop 0.5 (wav2vec2-base has 0.1): layers skipped
+    on one process get no gradient there, DDP's unused-parameter trap."""
+    folder = tmp_path_factory.mktemp("layerdrop_wav2vec2")
+    for item in tiny_wav2vec2.iterdir():
+        shutil.copy(item, folder / item.name)
+    config = json.loads((folder / "config.json").read_text())
+    config["layerdrop"] = 0.5
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vft_ddp(iemocap_corpus, layerdrop_wav2vec2, tmp_path_factory):
     out = tmp_path_factory.mktemp("vft_ddp")
     record = out.parent / (out.name + "_record")
-    proc = torchrun("vft", iemocap_corpus, tiny_wav2vec2, out, record, ["--number_of_epochs=2"])
+    proc = torchrun(
+        "vft", iemocap_corpus, layerdrop_wav2vec2, out, record, ["--number_of_epochs=2"]
+    )
     return out, records(record), proc
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------
+
+
+def test_rank_shares_are_disjoint_equal_and_cover_every_element():
+    sampler = [[i, i + 1] for i in range(0, 14, 2)]  # 7 batches
+    shares = [list(RankShare(sampler, r, 3)) for r in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]
+    assert [len(RankShare(sampler, r, 3)) for r in range(3)] == [3, 3, 3]
+    flat = [tuple(b) for s in shares for b in s]
+    assert set(flat) == {tuple(b) for b in sampler}
+    assert len(flat) - len(set(flat)) == 2  # the padding: 9 places for 7 batches
+    assert list(RankShare(sampler, 0, 1)) == sampler
+
+
+def test_rank_share_forwards_the_epoch():
+    batches = BucketBatchSampler([1.0] * 10, batch_size=2, num_batches=4, seed=3)
+    share = RankShare(batches, 1, 2)
+    share.set_epoch(5)
+    assert batches.epoch == 5
+    assert list(share) == list(batches)[1::2]
+
+
+def test_unused_parameter_search_is_asked_for_wav2vec2_stages_only(
+    tiny_wav2vec2, layerdrop_wav2vec2
+):
+    masked = Wav2Vec2Backbone(str(tiny_wav2vec2))  # trainable mask embedding
+    assert needs_unused_parameter_search(masked)
+    assert with_ddp_options({"device": "cpu"}, masked)["find_unused_parameters"] is True
+    frozen = Wav2Vec2Backbone(str(tiny_wav2vec2))
+    frozen.model.masked_spec_embed.requires_grad = False
+    assert not needs_unused_parameter_search(frozen)
+    layerdrop = Wav2Vec2Backbone(str(layerdrop_wav2vec2))
+    layerdrop.model.masked_spec_embed.requires_grad = False
+    assert needs_unused_parameter_search(layerdrop)
+    assert not needs_unused_parameter_search(torch.nn.LSTM(4, 4))
+    assert "find_unused_parameters" not in with_ddp_options({}, torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------
+# Recipes under torchrun
+# ----------------------------------------------------------------------------
 
 
 def test_vft_finishes_with_one_summary_written_once(vft_ddp):
@@ -111,9 +192,36 @@ def test_vft_processes_share_every_epoch_disjointly(vft_ddp):
 
 
 def test_vft_processes_end_with_identical_weights(vft_ddp):
+    # with LayerDrop: unused-parameter detection is on, or DDP would have failed
     _, recs, _ = vft_ddp
     first, second = final_weights(recs, "seed_1986/save")
     assert first == second
+
+
+def test_vft_killed_under_ddp_resumes_to_the_uninterrupted_result(
+    vft_ddp, iemocap_corpus, layerdrop_wav2vec2, tmp_path
+):
+    reference, _, _ = vft_ddp
+    out = tmp_path / "vft"
+    # the main process dies half-way through writing epoch 2's checkpoint; torchrun
+    # then stops the other one
+    proc = torchrun(
+        "vft", iemocap_corpus, layerdrop_wav2vec2, out, tmp_path / "killed",
+        ["--number_of_epochs=2"], kill=r"save:seed_1986/save/.*model\.ckpt$:2",
+    )
+    assert proc.returncode != 0 and not (out / "summary.json").exists()
+    save = out / "fold_1" / "seed_1986" / "save"
+    # killed where intended: epoch 1's checkpoint and epoch 2's half-written one
+    assert len(list(save.glob("CKPT+*"))) == 1 and list(save.glob("partial+CKPT*"))
+    rerun = tmp_path / "rerun"
+    torchrun("vft", iemocap_corpus, layerdrop_wav2vec2, out, rerun, ["--number_of_epochs=2"])
+    recs = records(rerun)
+    # resumed from epoch 1's checkpoint: only epoch 2 is trained again
+    assert {e["epoch"] for r in recs for e in recs[r] if e["kind"] == "batch"} == {2}
+    for name in ("result.json", "predictions.csv"):
+        a = (reference / "fold_1" / "seed_1986" / name).read_text()
+        b = (out / "fold_1" / "seed_1986" / name).read_text()
+        assert a.replace(str(reference), "") == b.replace(str(out), ""), name
 
 
 def test_ptapt_adaptation_stages_run_under_ddp(iemocap_corpus, tiny_wav2vec2, tmp_path):

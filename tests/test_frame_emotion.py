@@ -388,6 +388,41 @@ def test_stage_is_recomputed_when_the_training_manifest_changes(
     )
 
 
+def test_phase_1_batches_by_duration_when_frame_batch_seconds_is_set(
+    workspace: Workspace, finished_stage: FinishedStage, tmp_path: Path
+) -> None:
+    budget, crop, num_buckets = 3.0, 1.0, 2
+    batches: list[tuple[list[str], int]] = []
+    original = FrameEmotionBrain.compute_forward
+
+    def recording(self, batch, stage):
+        if stage == sb.Stage.TRAIN:
+            batches.append((list(batch.id), int(batch.sig[0].shape[1])))
+        return original(self, batch, stage)
+
+    overrides = stage_overrides(
+        workspace, tmp_path, frame_batch_seconds=budget, frame_max_seconds=crop,
+        frame_num_buckets=num_buckets,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FrameEmotionBrain, "compute_forward", recording)
+        final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+    assert len(batches) == overrides["frame_steps"]
+    train = read_json(workspace.manifests["train"])
+    durations = {key: float(item["duration"]) for key, item in train.items()}
+    for ids, samples in batches:
+        # crops of at most frame_max_seconds, counted toward the budget
+        assert samples <= crop * 16000
+        assert sum(min(durations[i], crop) for i in ids) <= budget + 1e-9
+    assert max(len(ids) for ids, _ in batches) <= budget / min(durations.values())
+    settings = read_json(final / "frame_model.json")["settings"]
+    assert (settings["frame_batch_seconds"], settings["frame_max_seconds"]) == (budget, crop)
+    assert settings["frame_num_buckets"] == num_buckets
+    # unset (null), they stay out of the fingerprint of the default stage
+    default = read_json(finished_stage.final / "frame_model.json")["settings"]
+    assert not {"frame_batch_seconds", "frame_max_seconds", "frame_num_buckets"} & set(default)
+
+
 class Interrupted(Exception):
     """Stands for a crash or a killed job in the middle of the stage."""
 

@@ -339,6 +339,28 @@ def test_interrupted_tapt_resumes_at_the_step_it_reached(stage, corpus, tmp_path
         assert torch.equal(resumed[key], uninterrupted[key]), key
 
 
+def test_tapt_batches_by_duration_when_tapt_batch_seconds_is_set(stage, corpus, tmp_path):
+    budget, crop, steps = 2.0, 0.5, 6
+    records: list[dict[str, Any]] = []
+    folder = _run_stage(
+        corpus, tmp_path, records, tapt_batch_seconds=budget, tapt_steps=steps,
+        tapt_ckpt_interval_steps=0,
+    )
+    assert [r["done"] for r in records] == list(range(steps))
+    durations = {key: float(item["duration"]) for key, item in corpus["train"].items()}
+    sizes = []
+    for record in records:
+        # crops of at most tapt_max_seconds count toward the budget
+        assert sum(min(durations[i], crop) for i in record["ids"]) <= budget + 1e-9
+        sizes.append(len(record["ids"]))
+    # about budget / crop utterances per batch, not tapt_batch_size (8)
+    assert max(sizes) <= budget / crop + 1 and max(sizes) < STAGE_OVERRIDES["tapt_batch_size"]
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    assert "tapt_batch_seconds" in json.dumps(marker)
+    # the default (null) keeps the fingerprint of stages made before the setting existed
+    assert "tapt_batch_seconds" not in (stage["folder"] / MARKER_FILE).read_text()
+
+
 # ----------------------------------------------------------------------------
 # Domain-shift meter
 # ----------------------------------------------------------------------------
