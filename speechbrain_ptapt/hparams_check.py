@@ -155,6 +155,7 @@ NULLABLE = frozenset(
 CHOICES: dict[str, tuple[str, ...]] = {
     "frame_encoder": ("wav2vec1", "w2v2_cnn"),
     "outlier_reference": ("all", "others"),
+    "kmeans_init": ("random", "k-means++"),
 }
 
 #: List settings that also accept a single value (``--folds=5``).

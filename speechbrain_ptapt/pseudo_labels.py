@@ -516,16 +516,25 @@ def dump_features(
 
 
 def codebook_fingerprint(
-    dump: FeatureDump, n_clusters: int, n_iter: int, max_points_per_cluster: int, seed: int
+    dump: FeatureDump,
+    n_clusters: int,
+    n_iter: int,
+    max_points_per_cluster: int,
+    seed: int,
+    init: str = "random",
 ) -> dict[str, Any]:
-    """What the codebook of one K depends on."""
-    return {
+    """What the codebook of one K depends on (``init`` only when not the default,
+    so codebooks made before the option existed keep their fingerprint)."""
+    fingerprint = {
         "features": dump.fingerprint,
         "n_clusters": int(n_clusters),
         "n_iter": int(n_iter),
         "max_points_per_cluster": int(max_points_per_cluster),
         "seed": int(seed),
     }
+    if init != "random":
+        fingerprint["init"] = init
+    return fingerprint
 
 
 def _as_numpy(array: Any) -> np.ndarray:
@@ -542,6 +551,7 @@ def fit_codebooks(
     seed: int = 0,
     device: str | torch.device | None = None,
     out_folder: str | Path | None = None,
+    init: str = "random",
 ) -> dict[int, np.ndarray]:
     """Learns one k-means codebook per K on the dumped features.
 
@@ -567,6 +577,9 @@ def fit_codebooks(
         Where k-means runs (its default when None).
     out_folder : str or Path, optional
         Where codebooks go; default the dump folder's parent.
+    init : str
+        k-means seeding: ``"random"`` (uniform, as faiss and the authors' code) or
+        ``"k-means++"`` (see :func:`speechbrain_ptapt.kmeans.fit_kmeans`).
 
     Returns
     -------
@@ -585,7 +598,7 @@ def fit_codebooks(
                 f"Cannot fit {k} clusters on {dump.num_frames} frames: use a smaller K "
                 "or more training data."
             )
-        fingerprint = codebook_fingerprint(dump, k, n_iter, max_points_per_cluster, seed)
+        fingerprint = codebook_fingerprint(dump, k, n_iter, max_points_per_cluster, seed, init)
         path = out_folder / f"kmeans_{k}.npy"
         entry = record.get(str(k))
         if entry is not None and entry["fingerprint"] == fingerprint and path.is_file():
@@ -593,11 +606,12 @@ def fit_codebooks(
             codebooks[k] = np.load(path)
             continue
         logger.info(
-            "Fitting k-means K=%d on up to %d of %d frames (%d iterations).",
+            "Fitting k-means K=%d on up to %d of %d frames (%d iterations, %s seeding).",
             k,
             max_points_per_cluster * k,
             dump.num_frames,
             n_iter,
+            init,
         )
         result = fit_kmeans(
             dump.features,
@@ -606,6 +620,7 @@ def fit_codebooks(
             max_points=max_points_per_cluster * k,
             seed=seed,
             device=device,
+            init=init,
         )
         centroids = _as_numpy(result.centroids)
         tmp = path.with_name(path.name + ".partial.npy")
@@ -856,11 +871,14 @@ def labels_fingerprint(
     n_iter: int,
     max_points_per_cluster: int,
     wav2vec2_config: Wav2Vec2Config,
+    init: str = "random",
 ) -> dict[str, Any]:
     """What a labels folder depends on: the feature dump's fingerprint (manifest,
-    phase-1 model, sampling rate), the k-means settings and wav2vec2's frame
-    geometry."""
+    phase-1 model, sampling rate), the k-means settings (``init`` only when not
+    the default) and wav2vec2's frame geometry."""
+    extra = {} if init == "random" else {"init": init}
     return {
+        **extra,
         "format": FORMAT_VERSION,
         "features": features,
         "n_clusters": [int(k) for k in n_clusters],
@@ -919,6 +937,7 @@ def prepare_pseudo_labels(
     device: str | torch.device = "cpu",
     sample_rate: int = 16000,
     keep_features: bool = True,
+    init: str = "random",
 ) -> Path:
     """Pseudo-labels of every utterance of a manifest, recomputed only when stale.
 
@@ -962,6 +981,8 @@ def prepare_pseudo_labels(
     keep_features : bool
         Keep the feature dump once the labels are written (needed to refit
         other K without rerunning the model).
+    init : str
+        k-means seeding, ``"random"`` (the authors' faiss set-up) or ``"k-means++"``.
 
     Returns
     -------
@@ -976,7 +997,7 @@ def prepare_pseudo_labels(
     features_folder = out_folder / FEATURES_SUBFOLDER
     feat_fp = features_fingerprint(manifest, frame_model, sample_rate, batch_size)
     fingerprint = labels_fingerprint(
-        feat_fp, n_clusters, seed, n_iter, max_points_per_cluster, wav2vec2_config
+        feat_fp, n_clusters, seed, n_iter, max_points_per_cluster, wav2vec2_config, init
     )
     if labels_are_fresh(out_folder, fingerprint):
         logger.info("Pseudo-labels in %s are up to date, reusing them.", out_folder)
@@ -1015,6 +1036,7 @@ def prepare_pseudo_labels(
         seed=seed,
         device=device,
         out_folder=out_folder,
+        init=init,
     )
     write_labels(dump, codebooks, out_folder, wav2vec2_config, device=device, fingerprint=None)
     write_json(out_folder / FINGERPRINT_FILE, fingerprint)

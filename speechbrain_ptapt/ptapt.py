@@ -42,6 +42,7 @@ from speechbrain_ptapt.tapt import (
     fit_steps,
     manifest_digest,
     save_adapted,
+    stage_run_options,
     step_stage_brain,
 )
 
@@ -308,6 +309,16 @@ def ptapt_fingerprint(
     return json.loads(json.dumps(settings, default=str))
 
 
+def pseudo_label_device(hparams: dict[str, Any], run_opts: Any) -> str:
+    """Where the phase-1 features are computed and k-means runs: ``kmeans_device``
+    when set, else the run's ``--device``, else the GPU when one is present, else
+    the CPU."""
+    device = hparams.get("kmeans_device") or stage_run_options(run_opts).get("device")
+    if device:
+        return str(device)
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 def run_ptapt_stage(
     fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: dict
 ) -> str:
@@ -351,7 +362,8 @@ def run_ptapt_stage(
         wav2vec2_config=backbone_config,
         n_iter=int(hparams["kmeans_iterations"]),
         max_points_per_cluster=int(hparams["kmeans_points_per_cluster"]),
-        device=hparams.get("kmeans_device") or "cpu",
+        device=pseudo_label_device(hparams, run_opts),
+        init=hparams["kmeans_init"],
     )
     run_on_main(prepare_pseudo_labels, kwargs=labels_kwargs)
     labels_folder = prepare_pseudo_labels(**labels_kwargs)

@@ -460,6 +460,34 @@ def test_fresh_labels_are_reused_and_stale_ones_recomputed(
     assert (dump.calls, kmeans.calls, labels.calls) == (2, 5, 3)
 
 
+def test_another_seeding_refits_the_codebooks_on_the_same_features(
+    tmp_path, odd_manifest, config, monkeypatch
+):
+    out = tmp_path / "labels"
+    settings = {"wav2vec2_config": config, "n_iter": 3, "seed": 0, "n_clusters": [2, 3]}
+    model = StandInFrameModel(seed=0)
+    prepare_pseudo_labels(model, odd_manifest, out, **settings)
+    default = json.loads((out / "fingerprint.json").read_text())
+    assert "init" not in default  # the default keeps the fingerprint it always had
+
+    dump = _Spy(monkeypatch, "dump_features")
+    kmeans = _Spy(monkeypatch, "fit_kmeans")
+    prepare_pseudo_labels(model, odd_manifest, out, init="k-means++", **settings)
+    assert (dump.calls, kmeans.calls) == (0, 2)
+    assert json.loads((out / "fingerprint.json").read_text())["init"] == "k-means++"
+    prepare_pseudo_labels(model, odd_manifest, out, init="k-means++", **settings)
+    assert (dump.calls, kmeans.calls) == (0, 2)
+
+
+def test_pseudo_labels_run_on_the_kmeans_device_else_the_runs_device():
+    from speechbrain_ptapt.ptapt import pseudo_label_device
+
+    assert pseudo_label_device({"kmeans_device": "cuda:1"}, {"device": "cpu"}) == "cuda:1"
+    assert pseudo_label_device({"kmeans_device": None}, {"device": "cuda:2"}) == "cuda:2"
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert pseudo_label_device({"kmeans_device": None}, {}) == expected
+
+
 def test_a_changed_checkpoint_file_makes_the_labels_stale(
     tmp_path, odd_manifest, config, monkeypatch
 ):

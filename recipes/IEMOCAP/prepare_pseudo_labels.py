@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
 from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt.experiment import configure_stdout_logging
@@ -50,13 +51,23 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="k-means seed")
     parser.add_argument("--n_iter", type=int, default=20, help="k-means iterations")
     parser.add_argument(
+        "--init",
+        default="random",
+        choices=["random", "k-means++"],
+        help="k-means seeding (random: as faiss in the authors' code)",
+    )
+    parser.add_argument(
         "--max_points_per_cluster",
         type=int,
         default=1000,
         help="frames sampled per centroid to fit k-means",
     )
     parser.add_argument("--batch_size", type=int, default=1, help="utterances per forward pass")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--device",
+        default="cuda:0" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda, cuda:1 ... (default: the GPU when one is present)",
+    )
     parser.add_argument("--sample_rate", type=int, default=16000, help="Hz")
     parser.add_argument(
         "--drop_features", action="store_true", help="delete the feature dump at the end"
@@ -82,6 +93,7 @@ def main(argv: list[str]) -> None:
         device=args.device,
         sample_rate=args.sample_rate,
         keep_features=not args.drop_features,
+        init=args.init,
     )
     print(folder)
 
