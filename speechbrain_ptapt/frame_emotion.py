@@ -1229,14 +1229,14 @@ def train_frame_model(
     )
     logger.info(
         "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d: %d steps of %s "
-        "(crops of at most %s s, then to the batch's shortest), validation every %d steps.",
+        "(%s, cropped to the batch's shortest), validation every %d steps.",
         model.frame_encoder,
         len(train_set),
         train_manifest,
         len(valid_set),
         steps,
         batches,
-        max_seconds,
+        "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
         valid_every,
     )
     brain.fit(epoch_counter, train_loader, valid_loader)

@@ -748,12 +748,12 @@ def train_tapt(
         sampler = duration_step_batches(dataset, hparams, "tapt", max_seconds, num_batches)
         batches = f"about {batch_seconds} s of audio"
     logger.info(
-        "TAPT on %d utterances of %s: %d steps of %s (crops of at most %s s).",
+        "TAPT on %d utterances of %s: %d steps of %s (%s).",
         len(dataset),
         train_manifest,
         steps,
         batches,
-        max_seconds,
+        "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
     )
     fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("tapt_num_workers", 0)))
     return brain
