@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -165,7 +166,7 @@ def duration_batch_sampler(
     )
 
 
-class BatchStream(torch.utils.data.Sampler):
+class BatchStream(torch.utils.data.Sampler, ABC):
     """Batches for a fixed number of optimizer steps, cut into epochs.
 
     An endless stream of passes over the data (:meth:`one_pass`, defined by
@@ -202,9 +203,9 @@ class BatchStream(torch.utils.data.Sampler):
         """Selects the epoch (1-based; SpeechBrain calls this before each epoch)."""
         self.epoch = int(epoch)
 
+    @abstractmethod
     def one_pass(self, pass_index: int) -> list[list[int]]:
         """The batches of pass ``pass_index`` over the data."""
-        raise NotImplementedError
 
     def _stream(self) -> Iterator[list[int]]:
         for pass_index in itertools.count():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from speechbrain.utils.seed import seed_everything
 
 from speechbrain_ptapt.hparams_check import parse_overrides
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
+from speechbrain_ptapt.preparation import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +109,7 @@ def read_json(path: str | Path) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Writes JSON atomically (a half-written file is never taken as finished)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 def prepare_on_main(prepare: Callable[..., Any], **kwargs: Any) -> Any:

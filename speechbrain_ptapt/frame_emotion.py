@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,10 +51,10 @@ from speechbrain_ptapt.backbone import (
 )
 from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.dataio import BatchStream
-from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
+from speechbrain_ptapt.distributed import with_ddp_options, world_size
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
-from speechbrain_ptapt.tapt import WarmupFlatLinearDecay, stage_run_options
+from speechbrain_ptapt.tapt import WarmupFlatLinearDecay, fit_steps, stage_run_options
 from speechbrain_ptapt.vft import masked_mean
 from speechbrain_ptapt.wav2vec1 import (
     Wav2Vec1,
@@ -215,7 +216,7 @@ def _smallest_input(num_frames: Callable[[int], int], start: int = 1) -> int:
 # ----------------------------------------------------------------------------
 
 
-class FrameEncoder(nn.Module):
+class FrameEncoder(nn.Module, ABC):
     """Frozen convolutional features, SpecAugment in training mode, trainable aggregator.
 
     Subclasses provide the frozen features (:meth:`frozen_features`), the aggregator
@@ -248,9 +249,9 @@ class FrameEncoder(nn.Module):
         self.time_mask = time_mask
         self.channel_mask = channel_mask
 
+    @abstractmethod
     def raw_num_frames(self, num_samples: int | Tensor) -> int | Tensor:
         """Frames for inputs of exactly ``num_samples`` samples (0 or less when too short)."""
-        raise NotImplementedError
 
     def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
         """Output frames (20 ms) for waveforms of ``num_samples`` samples.
@@ -272,17 +273,17 @@ class FrameEncoder(nn.Module):
             return self.raw_num_frames(num_samples.clamp(min=self.min_samples))
         return int(self.raw_num_frames(max(int(num_samples), self.min_samples)))
 
+    @abstractmethod
     def frozen_features(self, wavs: Tensor) -> Tensor:
         """(batch, channels, cnn frames) frozen features of equal-length waveforms."""
-        raise NotImplementedError
 
+    @abstractmethod
     def aggregate(self, features: Tensor) -> Tensor:
         """(batch, feature_dim, frames) frame representation of (masked) frozen features."""
-        raise NotImplementedError
 
+    @abstractmethod
     def architecture(self) -> dict[str, Any]:
         """What :func:`_encoder_from_architecture` needs to rebuild the encoder."""
-        raise NotImplementedError
 
     def spec_augment(self, features: Tensor) -> Tensor:
         """Zero random spans of frames and of channels (one channel draw per utterance).
@@ -1210,15 +1211,8 @@ def train_frame_model(
             }
         )
     workers = int(hparams.get("frame_num_workers", 0))
-    # Private generators: creating the loaders' iterators draws nothing from the global
+    # A private generator: creating the loader's iterator draws nothing from the global
     # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
-    train_loader = make_train_loader(
-        brain,
-        train_set,
-        batch_sampler=sampler,
-        num_workers=workers,
-        generator=torch.Generator(),
-    )
     valid_loader = brain.make_dataloader(
         valid_set,
         stage=sb.Stage.VALID,
@@ -1239,7 +1233,7 @@ def train_frame_model(
         "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
         valid_every,
     )
-    brain.fit(epoch_counter, train_loader, valid_loader)
+    fit_steps(brain, epoch_counter, train_set, sampler, workers, valid_loader)
     return brain
 
 

@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import soundfile as sf
 
@@ -74,28 +75,28 @@ def audio_info(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     return int(info.frames), int(info.samplerate), int(info.channels)
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON so that ``path`` is either absent, old, or complete.
-
-    The JSON is written to a temporary file in the same folder, flushed to
-    disk, then renamed over ``path`` with :func:`os.replace` (atomic on POSIX
-    and Windows), so a half-written manifest is never taken as finished.
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; on success it is flushed to
+    disk and renamed over ``path`` with :func:`os.replace` (atomic on POSIX and
+    Windows), on failure deleted. ``path`` is thus either absent, old, or complete.
 
     Arguments
     ---------
     path : str or os.PathLike
         Destination file; its parent folders are created if needed.
-    obj : Any
-        A JSON-serialisable object.
+    mode : str
+        ``"w"`` (text, UTF-8) or ``"wb"`` (binary).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique sibling name, created with the process umask (unlike mkstemp's 0600).
     tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    binary = "b" in mode
+    encoding = None if binary else "utf-8"
     try:
-        with open(tmp_name, "x", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+        with open(tmp_name, "xb" if binary else "x", encoding=encoding) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -105,6 +106,22 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON (indented) with :func:`atomic_write`, so that a
+    half-written manifest is never taken as finished.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        Destination file; its parent folders are created if needed.
+    obj : Any
+        A JSON-serialisable object.
+    """
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False)
+        handle.write("\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -52,6 +52,7 @@ from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths, wav2vec2_hop_samples
 from speechbrain_ptapt.experiment import read_json, write_json
 from speechbrain_ptapt.kmeans import assign_clusters, fit_kmeans
+from speechbrain_ptapt.preparation import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -623,9 +624,8 @@ def fit_codebooks(
             init=init,
         )
         centroids = _as_numpy(result.centroids)
-        tmp = path.with_name(path.name + ".partial.npy")
-        np.save(tmp, centroids)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as handle:
+            np.save(handle, centroids)
         record[str(k)] = {
             "fingerprint": fingerprint,
             "inertia": float(result.inertia),

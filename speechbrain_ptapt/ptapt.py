@@ -40,6 +40,7 @@ from speechbrain_ptapt.tapt import (
     TAPTBrain,
     check_settings,
     fit_steps,
+    guard_checkpoints,
     manifest_digest,
     save_adapted,
     stage_run_options,
@@ -341,7 +342,7 @@ def run_ptapt_stage(
     """
     from transformers import Wav2Vec2Config
 
-    from speechbrain_ptapt.experiment import load_hparams, write_json
+    from speechbrain_ptapt.experiment import load_hparams
     from speechbrain_ptapt.frame_emotion import run_frame_stage
 
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
@@ -375,14 +376,7 @@ def run_ptapt_stage(
         logger.info("P-TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
 
-    save_folder = Path(hparams["ptapt_save_folder"])
-    settings_file = save_folder / "ptapt_settings.json"
-    if settings_file.is_file():
-        check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
-    elif if_main_process():
-        save_folder.mkdir(parents=True, exist_ok=True)
-        write_json(settings_file, {"settings": fingerprint})  # atomic
-    ddp_barrier()
+    guard_checkpoints(Path(hparams["ptapt_save_folder"]), "ptapt_settings.json", fingerprint)
 
     store = PseudoLabelStore(labels_folder)
     seed_everything(int(hparams["ptapt_seed"]))

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ import torchaudio.transforms as T
 
 from speechbrain_ptapt.preparation import (
     DataPreparationError,
+    atomic_write,
     audio_info,
     clear_prepared,
     is_macos_junk,
@@ -430,20 +430,8 @@ def _write_wav_atomic(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 
     Samples are clipped to [-1, 1] first (resampling may overshoot slightly).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            sf.write(handle, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, "wb") as handle:
+        sf.write(handle, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
 
 
 class _Resampler:

@@ -53,6 +53,7 @@ from speechbrain_ptapt.backbone import (
 from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.dataio import audio_pipeline, duration_step_batches
 from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
+from speechbrain_ptapt.experiment import write_json
 from speechbrain_ptapt.masking import TimeMask
 
 logger = logging.getLogger(__name__)
@@ -673,8 +674,10 @@ def fit_steps(
     dataset: DynamicItemDataset,
     batch_sampler: torch.utils.data.Sampler,
     num_workers: int = 0,
+    valid_loader: torch.utils.data.DataLoader | None = None,
 ) -> None:
-    """Trains a step-counted stage on ``dataset`` batched by ``batch_sampler``.
+    """Trains a step-counted stage on ``dataset`` batched by ``batch_sampler``,
+    validating on ``valid_loader`` after every epoch when given.
 
     Under DDP each process takes its share of the sampler's batches
     (:func:`speechbrain_ptapt.distributed.make_train_loader`): a sampler of
@@ -690,7 +693,7 @@ def fit_steps(
         # one would.
         generator=torch.Generator(),
     )
-    brain.fit(epoch_counter, loader)
+    brain.fit(epoch_counter, loader, valid_loader)
 
 
 def train_tapt(
@@ -802,6 +805,20 @@ def check_settings(path: Path, fingerprint: dict[str, Any], what: str) -> None:
         )
 
 
+def guard_checkpoints(save_folder: Path, file_name: str, fingerprint: dict[str, Any]) -> None:
+    """Records ``fingerprint`` in ``save_folder/file_name`` before a stage's first
+    checkpoint, and raises :class:`TAPTSettingsError` when the checkpoints found
+    there were made with other settings or data (every process waits for the main
+    one)."""
+    settings_file = save_folder / file_name
+    if settings_file.is_file():
+        check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
+    elif if_main_process():
+        save_folder.mkdir(parents=True, exist_ok=True)
+        write_json(settings_file, {"settings": fingerprint})  # atomic
+    ddp_barrier()
+
+
 def save_adapted(model: Wav2Vec2Pretraining, folder: str | Path, marker: dict[str, Any]) -> Path:
     """Writes the adapted model (Hugging Face format) and ``MARKER_FILE`` into a
     temporary folder, then renames it to ``folder``: a folder of that name is
@@ -851,7 +868,7 @@ def run_tapt_stage(
     TAPTSettingsError
         When the fold's TAPT folder holds results of other settings or data.
     """
-    from speechbrain_ptapt.experiment import load_hparams, write_json
+    from speechbrain_ptapt.experiment import load_hparams
 
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = manifests["train"]
@@ -868,14 +885,7 @@ def run_tapt_stage(
         logger.info("TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
 
-    save_folder = Path(hparams["tapt_save_folder"])
-    settings_file = save_folder / "tapt_settings.json"
-    if settings_file.is_file():
-        check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
-    elif if_main_process():
-        save_folder.mkdir(parents=True, exist_ok=True)
-        write_json(settings_file, {"settings": fingerprint})  # atomic
-    ddp_barrier()
+    guard_checkpoints(Path(hparams["tapt_save_folder"]), "tapt_settings.json", fingerprint)
 
     seed_everything(int(hparams["tapt_seed"]))
     model = hparams["tapt_model"]()
