@@ -19,14 +19,24 @@ setup(
     packages=find_packages(include=["speechbrain_ptapt", "speechbrain_ptapt.*"]),
     python_requires=">=3.10",
     install_requires=[
-        # torchaudio's compiled extension only loads with the torch release it
-        # was built against: keep the two pinned together.
-        "torch==2.11.*",
-        "torchaudio==2.11.*",
-        "speechbrain>=1.0,<1.2",
-        "transformers>=4.40",
+        # torchaudio's compiled extension loads only with the torch build it was
+        # made for, yet its wheels declare a loose `torch>=...`: torchaudio 2.11.1
+        # declares torch>=2.11 but fails to import with torch 2.11.0 (undefined
+        # symbol), so a range such as `torchaudio==2.11.*` breaks every fresh
+        # install. Pin one exact pair measured to load together; it resolves the
+        # same with or without a cap on torch. Moving to another pair means
+        # re-running the suite and updating requirements/constraints.txt.
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        # The ranges below span the releases the test suite was run with
+        # (requirements/constraints.txt pins the exact set).
+        "speechbrain>=1.1.2,<1.2",
+        "transformers>=5.24,<5.25",
         "scikit-learn>=1.3",
+        "scipy>=1.10",
         "hyperpyyaml>=1.2",
+        "ruamel.yaml>=0.17",
+        "pyyaml>=6.0",
         "numpy>=1.24",
         "soundfile>=0.12",
         "tqdm>=4.60",
