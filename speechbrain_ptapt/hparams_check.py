@@ -156,6 +156,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "frame_encoder": ("wav2vec1", "w2v2_cnn"),
     "outlier_reference": ("all", "others"),
     "kmeans_init": ("random", "k-means++"),
+    "time_mask_scope": ("batch", "utterance"),
+    "ptapt_time_mask_scope": ("batch", "utterance"),
 }
 
 #: List settings that also accept a single value (``--folds=5``).

@@ -64,6 +64,7 @@ FINGERPRINT_KEYS = (
     "ptapt_time_mask_prob",
     "ptapt_time_mask_length",
     "ptapt_time_mask_min_masks",
+    "ptapt_time_mask_scope",
     "ptapt_head_dim",
     "ptapt_seed",
 )
@@ -154,7 +155,8 @@ class PseudoLabelPretraining(nn.Module):
     n_clusters : sequence of int
         The K of each labelling, in the order of the label columns.
     time_mask : TimeMask
-        Time masks of the projected features (p 0.06, span 15, at least 2).
+        Time masks of the projected features (p 0.06, span 15, at least 2 per
+        batch row, one span count per batch: ``modules/FeatureFuser.py:137-147``).
     head_dim : int
         Hidden width of the heads.
     """
@@ -416,11 +418,14 @@ def build_ptapt_model(
     time_mask_min_masks: int = 2,
     head_dim: int = 256,
     layerdrop: float | None = None,
+    time_mask_scope: str = "batch",
 ) -> PseudoLabelPretraining:
-    """The phase-2 model: wav2vec2 from ``source`` (CNN encoder and feature
-    projection frozen) and one pseudo-label head per K."""
+    """The phase-2 model: wav2vec2 from ``source`` (CNN encoder, feature
+    projection and ``masked_spec_embed`` frozen, as in the authors' code) and one
+    pseudo-label head per K. ``time_mask_scope``: see
+    :class:`~speechbrain_ptapt.masking.TimeMask`."""
     backbone = Wav2Vec2Backbone(
         source, save_path=save_path, freeze_feature_encoder=True, layerdrop=layerdrop
     )
-    time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks)
+    time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks, time_mask_scope)
     return PseudoLabelPretraining(backbone, n_clusters, time_mask, head_dim)
