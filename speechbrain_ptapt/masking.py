@@ -8,9 +8,11 @@ transformers' ``_compute_mask_indices``. Time masks follow one of two rules
 ``"batch"`` (default; the authors' code)
     One span count for the whole batch, computed from its *padded* length; each
     utterance's spans are placed over the padded length and the frames that fall
-    on padding are dropped. An utterance then has about the same share of its
-    frames masked (``prob`` less the overlaps, about 7-8 % for p 0.08, span 15)
-    whatever its length; a short utterance in a long batch often has none.
+    on padding are dropped. Every utterance of a batch then has the same expected
+    share of its frames masked whatever its length: ``prob`` less the overlaps
+    (about 7-8 % for p 0.08, span 15, in batches padded to 10 s), more where
+    ``min_masks`` decides (about 20 % in batches of at most 3 s). A short
+    utterance in a long batch often has no masked frame.
     This is what transformers 4.10's ``_compute_mask_indices``
     (``modeling_wav2vec2.py:152-187``) does when FT-w2v2-ser calls it on the
     padded batch, in fine-tuning and P-TAPT phase 2
