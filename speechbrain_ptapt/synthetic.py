@@ -912,8 +912,8 @@ def make_iemocap(
             max_seconds]. A number: every turn reads a sentence of that many
             syllables, so its length follows the emotion's and the speaker's
             speaking rate (:func:`spoken_seconds`; sad turns are the longest),
-            kept within [min_seconds, max_seconds]. With 8 syllables, 1 and 3 s:
-            short turns (neutral about 2.1 s, angry 1.8 s, sad 2.9 s) whose
+            kept within [min_seconds, max_seconds]. With 7 syllables, 1 and 3 s:
+            short turns (angry about 1.7 s, neutral 2.0 s, sad 2.7 s) whose
             length tells their emotion apart, as in acted corpora; masks whose
             share grows as utterances shorten then give the model a cue that
             vanishes at test time.

@@ -19,7 +19,7 @@ from conftest import IEMOCAP_RECIPES, run_recipe_script
 
 from speechbrain_ptapt.synthetic import make_iemocap
 
-#: A short V-FT run with the tiny model (30 steps per epoch).
+#: A short V-FT run with the tiny model (about 25 steps per epoch).
 OPTIONS = [
     "--folds=[1]",
     "--runs=1",
@@ -40,10 +40,10 @@ NO_MASKS = [
 
 @pytest.fixture(scope="module")
 def short_corpus(tmp_path_factory):
-    """297 four-class turns of 1-3 s whose length follows the emotion's speaking rate."""
+    """244 four-class turns of 1-3 s whose length follows the emotion's speaking rate."""
     return make_iemocap(
         tmp_path_factory.mktemp("short_iemocap"),
-        turns_per_dialog=40,
+        turns_per_dialog=32,
         min_seconds=1.0,
         max_seconds=3.0,
         syllables=7,
@@ -84,5 +84,5 @@ def test_default_masks_learn_short_utterances_as_well_as_no_masks(results):
     default, unmasked = results["default masks"], results["no masks"]
     predicted = [sum(column) for column in zip(*default["confusion"])]
     assert sum(count > 0 for count in predicted) >= 3, f"predictions per class: {predicted}"
-    assert default["ua"] > 0.33, f"UA {default['ua']:.3f} is not above chance (0.25)"
+    assert default["ua"] > 0.35, f"UA {default['ua']:.3f} is not above chance (0.25)"
     assert default["ua"] > unmasked["ua"] - 0.08, (default["ua"], unmasked["ua"])
