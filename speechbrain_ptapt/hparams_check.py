@@ -115,7 +115,6 @@ POSITIVE_NUMBERS = frozenset(
         "frame_batch_seconds",
         "frame_max_seconds",
         "outlier_num_std",
-        "tapt_gumbel_temperature",
     }
 )
 
@@ -156,7 +155,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "frame_encoder": ("wav2vec1", "w2v2_cnn"),
     "outlier_reference": ("all", "others"),
     "kmeans_init": ("random", "k-means++"),
+    "tapt_loss_reduction": ("sum", "mean"),
+    "tapt_diversity_scaling": ("unscaled", "per_masked_frame"),
 }
+
+#: Gumbel-softmax temperatures: a number greater than 0, or fairseq's anneal
+#: ``[start, end, decay]`` (see :func:`speechbrain_ptapt.tapt.gumbel_temperature_schedule`).
+TEMPERATURES = frozenset({"tapt_gumbel_temperature"})
 
 #: List settings that also accept a single value (``--folds=5``).
 SCALAR_OR_LIST = frozenset({"folds"})
@@ -225,6 +230,8 @@ def _kind(key: str, default: Any) -> str | None:
     anything goes."""
     if key in NUMBERS:
         return "number"
+    if key in TEMPERATURES:
+        return None  # a number or a list: checked by _range_problem
     if isinstance(default, bool):
         return "bool"
     if isinstance(default, int):
@@ -270,6 +277,17 @@ def _matches(kind: str, value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def _is_temperature(value: Any) -> bool:
+    """A finite number greater than 0, or ``[start, end, decay]`` with
+    ``start >= end > 0`` (finite) and ``0 < decay <= 1``."""
+    if _is_number(value):
+        return 0 < value < math.inf
+    if not (isinstance(value, list) and len(value) == 3 and all(map(_is_number, value))):
+        return False
+    start, end, decay = value
+    return math.isfinite(start) and start >= end > 0 and 0 < decay <= 1
+
+
 def _range_problem(key: str, value: Any) -> str | None:
     """What is wrong with the value of a well-known setting, or None."""
     if value is None and key in NULLABLE:
@@ -284,6 +302,11 @@ def _range_problem(key: str, value: Any) -> str | None:
         return "a number between 0 and 1"
     if key in CHOICES and value not in CHOICES[key]:
         return "one of " + ", ".join(CHOICES[key])
+    if key in TEMPERATURES and not _is_temperature(value):
+        return (
+            "a finite number greater than 0, or [start, end, decay] with start >= end > 0 "
+            "and 0 < decay <= 1 (e.g. [2.0, 0.5, 0.999995])"
+        )
     if key == "n_clusters":
         if not isinstance(value, list) or not value:
             return "a non-empty list of cluster counts K, e.g. [64, 512, 4096]"

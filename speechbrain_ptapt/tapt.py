@@ -1,9 +1,14 @@
 """TAPT: task-adaptive pretraining, i.e. wav2vec2's own self-supervised objective
 continued on the audio of a fold's training split (Chen & Rudnicky 2022, Sec. 2.3).
 
-The objective is transformers' ``Wav2Vec2ForPreTraining`` loss: a contrastive loss
-that picks the quantized target of each masked frame among distractors drawn from
-the same utterance, plus the codebook diversity loss. The model is loaded with its
+The objective is ``Wav2Vec2ForPreTraining``'s loss as transformers 4.10 (the
+authors' version) computes it: the contrastive loss that picks the quantized
+target of each masked frame among distractors drawn from the same utterance,
+summed over the masked frames, plus ``diversity_loss_weight`` times the codebook
+diversity term counted once per batch, with the quantizer's Gumbel-softmax at
+temperature 1. A mean per masked frame, the diversity term per masked frame
+(fairseq, later transformers) and fairseq's temperature anneal are options.
+The model is loaded with its
 weights (hub id or local folder); masks follow the backbone config
 (``mask_time_prob``, ``mask_time_length``, ``mask_time_min_masks``) over the valid
 frames of each utterance; distractors come from valid frames only; padding is
@@ -52,7 +57,12 @@ from speechbrain_ptapt.backbone import (
 )
 from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.dataio import audio_pipeline, duration_step_batches
-from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
+from speechbrain_ptapt.distributed import (
+    make_train_loader,
+    unwrap,
+    with_ddp_options,
+    world_size,
+)
 from speechbrain_ptapt.experiment import write_json
 from speechbrain_ptapt.masking import TimeMask
 
@@ -74,6 +84,8 @@ FINGERPRINT_KEYS = (
     "tapt_max_seconds",
     "tapt_num_buckets",
     "tapt_gumbel_temperature",
+    "tapt_loss_reduction",
+    "tapt_diversity_scaling",
     "tapt_max_grad_norm",
 )
 #: Settings that define the stage only when set (not null); absent from the
@@ -90,38 +102,105 @@ class TAPTSettingsError(RuntimeError):
 # ----------------------------------------------------------------------------
 
 
+#: How the batch's loss is reduced over its masked frames: ``sum`` (transformers 4.10's
+#: ``Wav2Vec2ForPreTraining`` loss, what the authors optimised) or ``mean`` (per masked frame).
+LOSS_REDUCTIONS = ("sum", "mean")
+#: How the codebook diversity term enters the summed loss: ``unscaled`` (once per
+#: batch, transformers 4.10) or ``per_masked_frame`` (times the number of masked
+#: frames, as fairseq and later transformers count it).
+DIVERSITY_SCALINGS = ("unscaled", "per_masked_frame")
+
+
 @dataclass
 class PretrainingLoss:
-    """wav2vec2's pretraining loss terms of one batch, summed as transformers does.
+    """wav2vec2's pretraining loss terms of one batch.
 
     Attributes
     ----------
     contrastive : torch.Tensor
         () sum over masked frames of the contrastive cross-entropy.
-    diversity : torch.Tensor
-        () codebook diversity loss times the number of masked frames
-        (``(G*V - perplexity) / (G*V) * masked``).
+    codebook_diversity : torch.Tensor
+        () the codebook diversity term ``(G*V - perplexity) / (G*V)`` of the batch,
+        in [0, 1), perplexity over the masked frames (as transformers computes it).
     diversity_weight : float
         The config's ``diversity_loss_weight``.
     num_masked : int
         Number of masked (predicted) frames in the batch.
+    diversity_scaling : str
+        ``unscaled`` or ``per_masked_frame`` (see :data:`DIVERSITY_SCALINGS`).
+    reduction : str
+        ``sum`` or ``mean`` (see :data:`LOSS_REDUCTIONS`): what :attr:`objective` is.
     """
 
     contrastive: torch.Tensor
-    diversity: torch.Tensor
+    codebook_diversity: torch.Tensor
     diversity_weight: float
     num_masked: int
+    diversity_scaling: str = "unscaled"
+    reduction: str = "sum"
+
+    @property
+    def diversity(self) -> torch.Tensor:
+        """() the diversity term as it enters :attr:`total`: the codebook diversity
+        once (``unscaled``, transformers 4.10) or times the number of masked frames
+        (``per_masked_frame``, fairseq and transformers 5)."""
+        if self.diversity_scaling == "per_masked_frame":
+            return self.codebook_diversity * self.num_masked
+        return self.codebook_diversity
 
     @property
     def total(self) -> torch.Tensor:
-        """() contrastive + diversity_weight * diversity, the value
-        ``Wav2Vec2ForPreTraining`` returns as ``loss``."""
+        """() contrastive + diversity_weight * diversity: the batch's summed loss
+        (``Wav2Vec2ForPreTraining``'s ``loss`` under the chosen diversity scaling)."""
         return self.contrastive + self.diversity_weight * self.diversity
 
     @property
     def per_masked_frame(self) -> torch.Tensor:
         """() the total divided by the number of masked frames (0 when none)."""
         return self.total / max(self.num_masked, 1)
+
+    @property
+    def objective(self) -> torch.Tensor:
+        """() the loss to optimise: :attr:`total` (``sum``) or
+        :attr:`per_masked_frame` (``mean``)."""
+        return self.total if self.reduction == "sum" else self.per_masked_frame
+
+
+def gumbel_temperature_schedule(value: float | Sequence[float]) -> tuple[float, float, float]:
+    """``(start, end, decay)`` of a Gumbel-softmax temperature setting.
+
+    Arguments
+    ---------
+    value : float or sequence of 3 floats
+        A constant temperature, or fairseq's anneal ``[start, end, decay]``: the
+        temperature after ``n`` optimizer steps is ``max(start * decay**n, end)``
+        (fairseq's wav2vec 2.0 base: ``[2.0, 0.5, 0.999995]``).
+
+    Returns
+    -------
+    tuple of float
+        ``(start, end, decay)``; a constant ``t`` gives ``(t, t, 1.0)``.
+
+    Raises
+    ------
+    ValueError
+        Unless ``start >= end > 0`` (finite) and ``0 < decay <= 1``.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        start = end = float(value)
+        decay = 1.0
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
+        start, end, decay = (float(v) for v in value)
+    else:
+        raise ValueError(
+            f"gumbel_temperature must be a number or [start, end, decay], got {value!r}."
+        )
+    if not (math.isfinite(start) and start >= end > 0 and 0 < decay <= 1):
+        raise ValueError(
+            "gumbel_temperature needs start >= end > 0 (finite) and 0 < decay <= 1, got "
+            f"{value!r}."
+        )
+    return start, end, decay
 
 
 def sample_negative_indices(frame_mask: np.ndarray, num_negatives: int) -> np.ndarray:
@@ -165,23 +244,44 @@ class Wav2Vec2Pretraining(nn.Module):
         ``save_pretrained``; its weights are loaded.
     save_path : str, optional
         Cache folder for hub downloads.
-    gumbel_temperature : float, optional
-        Temperature of the Gumbel-softmax quantizer in training mode (None keeps
-        transformers' default, 2).
+    gumbel_temperature : float or sequence of 3 floats
+        Temperature of the Gumbel-softmax quantizer in training mode: a constant
+        (1, transformers 4.10's default, which the authors' code kept) or
+        fairseq's anneal ``[start, end, decay]`` per optimizer step (see
+        :func:`gumbel_temperature_schedule` and :meth:`set_num_updates`).
+    loss_reduction : str
+        ``sum`` (transformers 4.10) or ``mean`` over masked frames: what
+        :attr:`PretrainingLoss.objective` returns.
+    diversity_scaling : str
+        ``unscaled`` (transformers 4.10) or ``per_masked_frame`` (fairseq,
+        transformers 5): see :attr:`PretrainingLoss.diversity`.
 
     Example
     -------
     >>> model = Wav2Vec2Pretraining("facebook/wav2vec2-base")  # doctest: +SKIP
-    >>> model(wavs, wav_lens).per_masked_frame.backward()  # doctest: +SKIP
+    >>> model(wavs, wav_lens).objective.backward()  # doctest: +SKIP
     """
 
     def __init__(
         self,
         source: str,
         save_path: str | None = None,
-        gumbel_temperature: float | None = None,
+        gumbel_temperature: float | Sequence[float] = 1.0,
+        loss_reduction: str = "sum",
+        diversity_scaling: str = "unscaled",
     ) -> None:
         super().__init__()
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}."
+            )
+        if diversity_scaling not in DIVERSITY_SCALINGS:
+            raise ValueError(
+                f"diversity_scaling must be one of {DIVERSITY_SCALINGS}, got {diversity_scaling!r}."
+            )
+        self.loss_reduction = loss_reduction
+        self.diversity_scaling = diversity_scaling
+        self.gumbel_schedule = gumbel_temperature_schedule(gumbel_temperature)
         self.source = str(source)
         self.model: Wav2Vec2ForPreTraining = load_pretrained(
             Wav2Vec2ForPreTraining, self.source, save_path
@@ -204,13 +304,28 @@ class Wav2Vec2Pretraining(nn.Module):
             length=int(config.mask_time_length),
             min_masks=int(config.mask_time_min_masks),
         )
-        if gumbel_temperature is not None:
-            self.model.set_gumbel_temperature(float(gumbel_temperature))
+        self.set_num_updates(0)
 
     @property
     def config(self):
         """The transformers config of the model."""
         return self.model.config
+
+    @property
+    def gumbel_temperature_annealed(self) -> bool:
+        """Whether the Gumbel-softmax temperature changes with the optimizer steps."""
+        start, end, decay = self.gumbel_schedule
+        return start != end and decay != 1.0
+
+    def set_num_updates(self, num_updates: int) -> float:
+        """Sets the quantizer's Gumbel-softmax temperature for a batch after
+        ``num_updates`` optimizer steps, as fairseq's ``GumbelVectorQuantizer``:
+        ``max(start * decay**num_updates, end)`` (the constant for a constant
+        setting). Returns it."""
+        start, end, decay = self.gumbel_schedule
+        temperature = max(start * decay ** int(num_updates), end)
+        self.model.set_gumbel_temperature(temperature)
+        return temperature
 
     def prepare_inputs(
         self, wavs: torch.Tensor, wav_lens: torch.Tensor
@@ -286,8 +401,8 @@ class Wav2Vec2Pretraining(nn.Module):
         Returns
         -------
         PretrainingLoss
-            The summed loss terms (zero, still attached to the graph, when the
-            batch has no masked frame).
+            The loss terms, with this model's diversity scaling and reduction
+            (zero, still attached to the graph, when the batch has no masked frame).
         """
         input_values, attention_mask, frame_mask = self.prepare_inputs(wavs, wav_lens)
         mask_time_indices, negatives = self.sample_masks(frame_mask)
@@ -298,11 +413,19 @@ class Wav2Vec2Pretraining(nn.Module):
             mask_time_indices=mask_time_indices,
             sampled_negative_indices=negatives if num_masked else None,
         )
-        weight = float(self.config.diversity_loss_weight)
+        config = self.config
+        weight = float(config.diversity_loss_weight)
+        options = {"diversity_scaling": self.diversity_scaling, "reduction": self.loss_reduction}
         if not num_masked:
             zero = out.projected_states.sum() * 0.0
-            return PretrainingLoss(zero, zero, weight, 0)
-        return PretrainingLoss(out.contrastive_loss, out.diversity_loss, weight, num_masked)
+            return PretrainingLoss(zero, zero, weight, 0, **options)
+        # transformers 5 returns the diversity term times the number of masked
+        # frames; the codebook term itself is 4.10's (G*V - perplexity) / (G*V).
+        num_codevectors = config.num_codevectors_per_group * config.num_codevector_groups
+        codebook_diversity = (num_codevectors - out.codevector_perplexity) / num_codevectors
+        return PretrainingLoss(
+            out.contrastive_loss, codebook_diversity, weight, num_masked, **options
+        )
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Writes the model (config, weights, quantizer included) and the
@@ -496,10 +619,17 @@ class TAPTBrain(sb.Brain):
     :class:`Wav2Vec2Pretraining`) for a fixed number of optimizer steps.
 
     Expects in hparams: ``lr_scheduler`` (a :class:`WarmupFlatLinearDecay`),
-    optionally ``train_logger`` and ``log_interval_steps`` (log the mean loss,
-    contrastive and diversity terms per masked frame and the learning rate every
-    that many optimizer steps). The loss optimised is transformers' pretraining
-    loss divided by the number of masked frames of the batch.
+    optionally ``train_logger`` and ``log_interval_steps`` (every that many
+    optimizer steps, log the means over the window's batches of: ``loss``, the
+    loss optimised; ``loss_per_masked_frame``; ``contrastive``, the contrastive
+    loss per masked frame; ``diversity``, the codebook term
+    ``(G*V - perplexity) / (G*V)``; ``masked_frames`` per batch; and the learning
+    rate, plus the Gumbel temperature when it is annealed). The loss optimised is
+    :attr:`PretrainingLoss.objective`: with the ``sum`` reduction (transformers
+    4.10, the authors' code) it grows with the masked frames of a batch, so
+    SpeechBrain's running ``train_loss`` does too; ``loss_per_masked_frame``
+    compares across batch sizes. Before each batch the model's Gumbel temperature
+    is set for the optimizer steps done (:meth:`Wav2Vec2Pretraining.set_num_updates`).
 
     A ``max_grad_norm`` of 0 or less means no gradient clipping.
     """
@@ -511,8 +641,15 @@ class TAPTBrain(sb.Brain):
         self._reset_window()
 
     def _reset_window(self) -> None:
-        """Starts a new logging window (sums of the loss terms per masked frame)."""
-        self._window = {"loss": 0.0, "contrastive": 0.0, "diversity": 0.0, "batches": 0}
+        """Starts a new logging window (sums over its batches of the logged values)."""
+        self._window = {
+            "loss": 0.0,
+            "loss_per_masked_frame": 0.0,
+            "contrastive": 0.0,
+            "diversity": 0.0,
+            "masked_frames": 0.0,
+            "batches": 0,
+        }
 
     def compute_forward(self, batch, stage) -> PretrainingLoss:
         """The summed loss terms of a batch of padded waveforms."""
@@ -521,19 +658,25 @@ class TAPTBrain(sb.Brain):
         return self.modules.wav2vec2(wavs, wav_lens)
 
     def compute_objectives(self, predictions: PretrainingLoss, batch, stage) -> torch.Tensor:
-        """The pretraining loss per masked frame."""
-        loss = predictions.per_masked_frame
+        """The pretraining loss as the model reduces it (:attr:`PretrainingLoss.objective`)."""
+        loss = predictions.objective
         masked = max(predictions.num_masked, 1)
         self._window["loss"] += float(loss.detach())
+        self._window["loss_per_masked_frame"] += float(predictions.per_masked_frame.detach())
         self._window["contrastive"] += float(predictions.contrastive.detach()) / masked
-        self._window["diversity"] += float(predictions.diversity.detach()) / masked
+        self._window["diversity"] += float(predictions.codebook_diversity.detach())
+        self._window["masked_frames"] += predictions.num_masked
         self._window["batches"] += 1
         return loss
 
     def on_fit_batch_start(self, batch, should_step: bool) -> None:
-        """Sets the learning rate of the coming optimizer step."""
+        """Sets the learning rate of the coming optimizer step and the model's
+        Gumbel temperature for the optimizer steps done."""
         if should_step:
             self.lr = self.hparams.lr_scheduler(self.optimizer)
+        set_num_updates = getattr(unwrap(self.modules.wav2vec2), "set_num_updates", None)
+        if set_num_updates is not None:
+            set_num_updates(self.optimizer_step)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
         """Logs the mean loss terms every ``log_interval_steps`` optimizer steps."""
@@ -543,6 +686,9 @@ class TAPTBrain(sb.Brain):
         count = max(self._window.pop("batches"), 1)
         stats = {key: value / count for key, value in self._window.items()}
         stats["lr"] = float(self.lr)
+        model = unwrap(self.modules.wav2vec2)
+        if getattr(model, "gumbel_temperature_annealed", False):
+            stats["gumbel_temperature"] = float(model.model.quantizer.temperature)
         train_logger = getattr(self.hparams, "train_logger", None)
         if train_logger is not None:
             train_logger.log_stats(stats_meta={"step": self.optimizer_step}, train_stats=stats)

@@ -27,6 +27,7 @@ from transformers import Wav2Vec2ForPreTraining
 from speechbrain_ptapt import tapt
 from speechbrain_ptapt.domain_shift import audio_files, main, pretraining_loss
 from speechbrain_ptapt.experiment import load_hparams
+from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
 from speechbrain_ptapt.iemocap import prepare_iemocap
 from speechbrain_ptapt.synthetic import make_iemocap
 from speechbrain_ptapt.tapt import (
@@ -37,6 +38,7 @@ from speechbrain_ptapt.tapt import (
     WarmupFlatLinearDecay,
     Wav2Vec2Pretraining,
     run_tapt_stage,
+    tapt_fingerprint,
 )
 from speechbrain_ptapt.tiny import make_tiny_wav2vec2
 
@@ -98,7 +100,13 @@ def _recording(records: list[dict[str, Any]]):
     def compute_objectives(self, predictions, batch, stage):
         loss = original(self, predictions, batch, stage)
         records.append(
-            {"done": self.optimizer_step, "ids": list(batch.id), "loss": float(loss.detach())}
+            {
+                "done": self.optimizer_step,
+                "ids": list(batch.id),
+                "loss": float(loss.detach()),
+                "per_frame": float(predictions.per_masked_frame.detach()),
+                "masked": predictions.num_masked,
+            }
         )
         return loss
 
@@ -193,6 +201,176 @@ def test_masks_and_distractors_stay_on_valid_frames_even_for_short_inputs(corpus
     assert model(wavs[:1, :300], torch.ones(1)).num_masked == 0  # no crash, zero loss
 
 
+# ----------------------------------------------------------------------------
+# The objective (transformers 4.10's, as the authors ran it)
+# ----------------------------------------------------------------------------
+
+SR = 16000
+
+
+def _fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight padded utterances of 0.5 to 1 s (seeded noise)."""
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([16000, 12000, 8000, 16000, 9000, 14000, 11000, 16000])
+    wavs = torch.randn(8, SR, generator=generator) * (torch.arange(SR)[None] < lengths[:, None])
+    return wavs, lengths / SR
+
+
+def _fixed_loss(model: Wav2Vec2Pretraining) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    """The model's loss on :func:`_fixed_batch` with masks and distractors drawn
+    once (seed 0) and then fixed, the raw ``Wav2Vec2ForPreTraining`` output, the
+    masks and the distractors."""
+    wavs, wav_lens = _fixed_batch()
+    _, _, frame_mask = model.prepare_inputs(wavs, wav_lens)
+    np.random.seed(0)
+    masked, negatives = model.sample_masks(frame_mask)
+    assert negatives.shape[-1] == model.config.num_negatives  # the config's distractor count
+    model.sample_masks = lambda frame_mask: (masked, negatives)
+    outputs: list[Any] = []
+    hook = model.model.register_forward_hook(lambda module, args, out: outputs.append(out))
+    try:
+        torch.manual_seed(0)
+        loss = model.train()(wavs, wav_lens)
+    finally:
+        hook.remove()
+    assert loss.num_masked == int(masked.sum()) > 0
+    return loss, outputs[0], masked, negatives
+
+
+def _contrastive_sum_by_hand(out: Any, masked: torch.Tensor, negatives: torch.Tensor,
+                             kappa: float) -> torch.Tensor:
+    """Sum over masked frames of -log softmax(cos(c_t, [q_t, distractors]) / kappa)[0],
+    distractors equal to q_t left out (transformers 4.10, modeling_wav2vec2.py:1283-1302)."""
+    c = out.projected_states.detach()
+    q = out.projected_quantized_states.detach()
+    flat = q.reshape(-1, q.shape[-1])
+    total = torch.zeros((), dtype=torch.float64)
+    for b, t in torch.nonzero(masked).tolist():
+        candidates = torch.cat([q[b, t][None], flat[negatives[b, t]]])
+        logits = torch.cosine_similarity(c[b, t][None], candidates, dim=-1).double() / kappa
+        same = (candidates[1:] == q[b, t]).all(-1)
+        logits[1:][same] = -torch.inf
+        total -= torch.log_softmax(logits, dim=0)[0]
+    return total
+
+
+def test_default_tapt_loss_is_transformers_4_10s_sum_with_unscaled_diversity(corpus):
+    """4.10: loss = sum of contrastive CE over masked frames + 0.1 (G*V - ppl) / (G*V),
+    and the brain optimises exactly that (not a mean per masked frame)."""
+    model = Wav2Vec2Pretraining(str(corpus["tiny"]))
+    loss, out, masked, negatives = _fixed_loss(model)
+    config = model.config
+    assert config.contrastive_logits_temperature == 0.1 and config.diversity_loss_weight == 0.1
+    contrastive = _contrastive_sum_by_hand(out, masked, negatives, 0.1)
+    num_codevectors = config.num_codevectors_per_group * config.num_codevector_groups
+    diversity = (num_codevectors - float(out.codevector_perplexity.detach())) / num_codevectors
+    by_hand = float(contrastive) + 0.1 * diversity
+
+    assert float(loss.contrastive.detach()) == pytest.approx(float(contrastive), rel=1e-5)
+    assert float(loss.total.detach()) == pytest.approx(by_hand, rel=1e-5)
+    brain = TAPTBrain(modules={"wav2vec2": model}, hparams={}, run_opts=RUN_OPTS)
+    optimised = brain.compute_objectives(loss, None, None)
+    assert float(optimised.detach()) == pytest.approx(by_hand, rel=1e-5)
+    # the diversity term is counted once, not once per masked frame (transformers 5)
+    extra = float(out.loss.detach()) - float(optimised.detach())
+    assert extra == pytest.approx(0.1 * diversity * (loss.num_masked - 1), rel=1e-3)
+
+
+def test_mean_per_masked_frame_variant_is_the_previous_objective(corpus):
+    """loss_reduction=mean with diversity per masked frame: transformers 5's loss
+    (contrastive sum + 0.1 x diversity x masked frames) over the masked frames."""
+    model = Wav2Vec2Pretraining(
+        str(corpus["tiny"]), loss_reduction="mean", diversity_scaling="per_masked_frame"
+    )
+    loss, out, _, _ = _fixed_loss(model)
+    masked = loss.num_masked
+    config = model.config
+    num_codevectors = config.num_codevectors_per_group * config.num_codevector_groups
+    diversity = (num_codevectors - float(out.codevector_perplexity.detach())) / num_codevectors
+    by_hand = (float(out.contrastive_loss.detach()) + 0.1 * diversity * masked) / masked
+    assert float(out.loss.detach()) / masked == pytest.approx(by_hand, rel=1e-6)
+    brain = TAPTBrain(modules={"wav2vec2": model}, hparams={}, run_opts=RUN_OPTS)
+    optimised = brain.compute_objectives(loss, None, None).detach()
+    assert float(optimised) == pytest.approx(by_hand, rel=1e-6)
+    # sum with per-frame diversity is transformers 5's loss itself
+    assert float(loss.total.detach()) == pytest.approx(float(out.loss.detach()), rel=1e-6)
+
+
+def test_gumbel_temperature_is_1_in_the_quantizer_by_default(corpus, tmp_path, monkeypatch):
+    """The recipe's TAPT model runs the quantizer's Gumbel-softmax at tau = 1 (4.10's
+    default, never changed by the authors' code)."""
+    hparams = load_hparams(str(TAPT_YAML), _overrides(corpus, tmp_path))
+    assert hparams["tapt_loss_reduction"] == "sum"
+    assert hparams["tapt_diversity_scaling"] == "unscaled"
+    model = hparams["tapt_model"]()
+    assert (model.loss_reduction, model.diversity_scaling) == ("sum", "unscaled")
+    assert Wav2Vec2Pretraining(str(corpus["tiny"])).model.quantizer.temperature == 1.0
+
+    taus: list[float] = []
+    gumbel_softmax = torch.nn.functional.gumbel_softmax
+
+    def recording(logits, tau=1.0, **kwargs):
+        taus.append(float(tau))
+        return gumbel_softmax(logits, tau=tau, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "gumbel_softmax", recording)
+    np.random.seed(0)
+    model.train()(*_fixed_batch())
+    assert taus == [1.0]
+
+
+def test_gumbel_temperature_can_follow_fairseqs_anneal_per_optimizer_step(corpus):
+    model = Wav2Vec2Pretraining(str(corpus["tiny"]), gumbel_temperature=[2.0, 0.5, 0.9])
+    assert model.gumbel_temperature_annealed
+    assert model.model.quantizer.temperature == 2.0
+    assert model.set_num_updates(3) == pytest.approx(2.0 * 0.9**3)
+    assert model.set_num_updates(100) == 0.5  # max(start * decay^n, end)
+    brain = TAPTBrain(modules={"wav2vec2": model}, hparams={}, run_opts=RUN_OPTS)
+    brain.optimizer_step = 2
+    brain.on_fit_batch_start(None, should_step=False)
+    assert model.model.quantizer.temperature == pytest.approx(2.0 * 0.9**2)
+    for bad in ([0.5, 2.0, 0.9], [2.0, 0.5, 1.5], 0.0, "hot"):
+        with pytest.raises(ValueError, match="gumbel_temperature"):
+            tapt.gumbel_temperature_schedule(bad)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        Wav2Vec2Pretraining(str(corpus["tiny"]), loss_reduction="average")
+
+
+def test_loss_options_are_checked_before_anything_runs():
+    good = {
+        "data_folder": "/data",
+        "tapt_loss_reduction": "mean",
+        "tapt_diversity_scaling": "per_masked_frame",
+        "tapt_gumbel_temperature": [2.0, 0.5, 0.999995],
+    }
+    check_overrides(TAPT_YAML, good)
+    check_overrides(TAPT_YAML, {"data_folder": "/data", "tapt_gumbel_temperature": 2})
+    bad = [
+        ("tapt_loss_reduction", "average", "one of sum, mean"),
+        ("tapt_diversity_scaling", "scaled", "one of unscaled, per_masked_frame"),
+        ("tapt_gumbel_temperature", 0, "greater than 0"),
+        ("tapt_gumbel_temperature", [0.5, 2.0, 0.999995], "start >= end"),
+        ("tapt_gumbel_temperature", [2.0, 0.5], "start >= end"),
+    ]
+    for key, value, expected in bad:
+        with pytest.raises(HparamsError, match=expected):
+            check_overrides(TAPT_YAML, {"data_folder": "/data", key: value})
+
+
+def test_tapt_fingerprint_changes_with_every_loss_setting(corpus, tmp_path):
+    hparams = load_hparams(str(TAPT_YAML), _overrides(corpus, tmp_path))
+    manifest = corpus["manifests"]["train"]
+    reference = tapt_fingerprint(hparams, manifest)
+    changes = {
+        "tapt_loss_reduction": "mean",
+        "tapt_diversity_scaling": "per_masked_frame",
+        "tapt_gumbel_temperature": [2.0, 0.5, 0.999995],
+    }
+    for key, value in changes.items():
+        assert tapt_fingerprint({**hparams, key: value}, manifest) != reference, key
+    assert tapt_fingerprint({**hparams, "tapt_gumbel_temperature": 2.0}, manifest) != reference
+
+
 def test_tapt_yaml_has_every_vft_setting_with_its_default():
     class AnyTagLoader(yaml.SafeLoader):
         pass
@@ -230,13 +408,23 @@ def test_tapt_yaml_has_every_vft_setting_with_its_default():
 def test_tapt_loss_falls_on_the_training_audio(stage):
     records = stage["records"]
     assert [r["done"] for r in records] == list(range(STEPS))
-    losses = [r["loss"] for r in records]
+    # the optimised loss is the sum over the batch's masked frames (authors' 4.10)
+    for record in records:
+        assert record["loss"] == pytest.approx(record["per_frame"] * record["masked"], rel=1e-5)
+    losses = [r["per_frame"] for r in records]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.03
     log = (stage["output"] / "fold_1" / "tapt" / "train_log.txt").read_text().splitlines()
     assert len(log) == STEPS // 5
     assert log[-1].startswith(f"step: {STEPS} - ")
-    for term in ("train loss", "train contrastive", "train diversity", "train lr"):
-        assert term in log[-1]
+    terms = ("loss", "loss_per_masked_frame", "contrastive", "diversity", "masked_frames", "lr")
+    stats = dict(item.split(": ") for item in log[-1].split(" - ", 1)[1].split(", "))
+    assert set(stats) == {f"train {term}" for term in terms}
+    window = records[-5:]
+    # logged with 3 significant digits
+    assert float(stats["train loss"]) == pytest.approx(np.mean([r["loss"] for r in window]), 1e-2)
+    assert float(stats["train loss_per_masked_frame"]) == pytest.approx(
+        np.mean([r["per_frame"] for r in window]), 1e-2
+    )
 
 
 def test_held_out_session_never_reaches_tapt(stage, corpus):
@@ -304,6 +492,12 @@ def test_finished_stage_is_skipped_and_changed_settings_are_refused(stage, corpu
         with pytest.raises(TAPTSettingsError, match="tapt_steps"):
             run_tapt_stage(
                 "1", str(TAPT_YAML), _overrides(corpus, stage["output"], tapt_steps=STEPS + 1),
+                RUN_OPTS, corpus["manifests"],
+            )
+        with pytest.raises(TAPTSettingsError, match="tapt_loss_reduction"):
+            run_tapt_stage(
+                "1", str(TAPT_YAML),
+                _overrides(corpus, stage["output"], tapt_loss_reduction="mean"),
                 RUN_OPTS, corpus["manifests"],
             )
 
