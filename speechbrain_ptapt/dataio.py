@@ -11,11 +11,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
-from speechbrain.dataio.sampler import DynamicBatchSampler
 
 from speechbrain_ptapt.audio import load_audio
 
@@ -131,38 +131,138 @@ def emotion_dataset(
     return dataset
 
 
+#: Resolution of the duration sums of :class:`DurationBatchSampler`, in seconds:
+#: exact integer sums, as the authors' code sums lengths in samples.
+_DURATION_UNIT_SECONDS = 1e-6
+
+
+def cropped_durations(dataset: DynamicItemDataset, max_seconds: float | None) -> list[float]:
+    """Duration in seconds of each utterance as trained (at most ``max_seconds``),
+    in dataset order."""
+    cap = math.inf if max_seconds is None else float(max_seconds)
+    return [min(float(dataset.data[i]["duration"]), cap) for i in dataset.data_ids]
+
+
+class DurationBatchSampler(torch.utils.data.Sampler):
+    """Batches of at least ``batch_seconds`` of audio from length buckets: the
+    authors' dynamic batching (FT-w2v2-ser ``pretrain/dataloader.py:274-314``,
+    ``SingleRandomBucketSampler`` with ``dynamic_batch=True``).
+
+    The utterances are sorted by (capped) duration once and cut into
+    ``num_buckets`` buckets of ``N // num_buckets`` neighbouring lengths, plus one
+    bucket of the longest ``N % num_buckets`` (``dataloader.py:290-296``). Each
+    pass shuffles every bucket, keeps the buckets in ascending order and walks the
+    concatenation, closing a batch as soon as its summed duration reaches
+    ``batch_seconds`` (``dataloader.py:301-310``): a batch holds **at least**
+    ``batch_seconds`` and less than ``batch_seconds`` plus its last utterance, and
+    may span two neighbouring buckets. The last, short batch of a pass is dropped
+    (the authors' ``drop_last=True``, ``pretrain/trainer.py:305``) unless it is
+    the pass's only batch; then the batches are shuffled (``dataloader.py:313``).
+
+    SpeechBrain's :class:`~speechbrain.dataio.sampler.DynamicBatchSampler` cannot
+    do this: it fills each bucket separately up to ``int(budget / upper bucket
+    boundary)`` utterances (at most the budget) and never lets a batch span two
+    buckets. On an IEMOCAP-like mix (5500 utterances, crops of at most 10 s) with
+    boundaries at 50 quantiles, the bucket remainders become short batches (197 s
+    per "250 s" batch on average) or, with ``drop_last``, a third of the data is
+    never trained on; without ``bucket_boundaries`` its boundaries are spaced up
+    to the budget itself, so every crop falls in its first buckets (27 utterances,
+    108-116 s per "250 s" batch, 47 % padding: no length bucketing).
+
+    Pass ``p`` depends only on ``(seed, p)``: the sampler yields the batches of
+    its current epoch (:meth:`set_epoch`), so a resumed stage sees the batches an
+    uninterrupted one would.
+
+    Arguments
+    ---------
+    durations : sequence of float
+        Duration of each utterance in seconds, as trained (capped by the crop).
+    batch_seconds : float
+        Least audio per batch, in seconds.
+    num_buckets : int
+        Length buckets (the authors' ``--train_bucket_size``, default 50).
+    seed : int
+        Seed of the shuffles.
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        batch_seconds: float,
+        num_buckets: int = 50,
+        seed: int = 0,
+    ) -> None:
+        if not len(durations):
+            raise ValueError("DurationBatchSampler needs at least one utterance.")
+        if not batch_seconds > 0 or num_buckets < 1:
+            raise ValueError(
+                f"need batch_seconds > 0 and num_buckets >= 1; got {batch_seconds}, {num_buckets}"
+            )
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_seconds = float(batch_seconds)
+        self.num_buckets = int(num_buckets)
+        self.seed = int(seed)
+        self._units = np.rint(self.durations / _DURATION_UNIT_SECONDS).astype(np.int64)
+        self._budget_units = max(1, int(round(self.batch_seconds / _DURATION_UNIT_SECONDS)))
+        by_length = np.argsort(self.durations, kind="stable")
+        size = len(by_length) // self.num_buckets
+        self.buckets = [by_length[i * size : (i + 1) * size] for i in range(self.num_buckets)]
+        if self.num_buckets * size < len(by_length):
+            self.buckets.append(by_length[self.num_buckets * size :])
+        self.set_epoch(0)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The batches of pass (epoch) ``epoch``, in training order."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        order = np.concatenate([rng.permutation(bucket) for bucket in self.buckets])
+        summed = np.cumsum(self._units[order])
+        batches, start, before = [], 0, 0
+        while start < len(order):
+            # first position whose running sum reaches the budget: the batch's last
+            stop = int(np.searchsorted(summed, before + self._budget_units, side="left")) + 1
+            if stop > len(order) and batches:
+                break  # the short last batch of the pass (kept when it is the only one)
+            batches.append(order[start:stop].tolist())
+            start, before = stop, int(summed[min(stop, len(order)) - 1])
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch (SpeechBrain calls this before each epoch)."""
+        self.epoch = int(epoch)
+        self._batches = self.epoch_batches(self.epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([list(batch) for batch in self._batches])
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
 def duration_batch_sampler(
     dataset: DynamicItemDataset,
-    max_batch_seconds: float,
+    batch_seconds: float,
     max_seconds: float | None = None,
-    num_buckets: int = 20,
+    num_buckets: int = 50,
     seed: int = 42,
-) -> DynamicBatchSampler:
-    """SpeechBrain's dynamic batching by total duration: utterances of similar
-    length are bucketed and batched up to ``max_batch_seconds`` of audio.
+) -> DurationBatchSampler:
+    """The authors' dynamic batches of a dataset (:class:`DurationBatchSampler`):
+    at least ``batch_seconds`` of (cropped) audio per batch, from length buckets.
 
     Arguments
     ---------
     dataset : DynamicItemDataset
         A dataset whose entries have ``duration`` in seconds.
-    max_batch_seconds : float
-        Total seconds of audio per batch (counted after cropping).
+    batch_seconds : float
+        Least seconds of audio per batch (counted after cropping).
     max_seconds : float, optional
         The crop length of training utterances, in seconds (None: whole files).
     num_buckets : int
         Length buckets.
     seed : int
-        Seed of the shuffles (the batches of epoch e depend on ``seed + e``).
+        Seed of the shuffles (the batches of epoch e depend on ``(seed, e)``).
     """
-    cap = float("inf") if max_seconds is None else float(max_seconds)
-    return DynamicBatchSampler(
-        dataset,
-        max_batch_length=float(max_batch_seconds),
-        num_buckets=int(num_buckets),
-        length_func=lambda item: min(float(item["duration"]), cap),
-        shuffle=True,
-        batch_ordering="random",
-        seed=int(seed),
+    return DurationBatchSampler(
+        cropped_durations(dataset, max_seconds), batch_seconds, num_buckets, seed
     )
 
 
@@ -226,13 +326,13 @@ class BatchStream(torch.utils.data.Sampler, ABC):
 
 class DurationStepBatchSampler(BatchStream):
     """A :class:`BatchStream` of batches by total duration: pass ``p`` is the
-    batching of the wrapped :class:`~speechbrain.dataio.sampler.DynamicBatchSampler`
-    at its epoch ``p`` (length buckets, a duration budget per batch, shuffled from
-    its seed).
+    batching of the wrapped :class:`DurationBatchSampler` at its epoch ``p``
+    (length buckets, at least its duration budget per batch, shuffled from its
+    seed).
 
     Arguments
     ---------
-    sampler : DynamicBatchSampler
+    sampler : DurationBatchSampler
         The batching of one pass (see :func:`duration_batch_sampler`).
     total_batches : int
         Batches of the whole stage.
@@ -242,7 +342,7 @@ class DurationStepBatchSampler(BatchStream):
 
     def __init__(
         self,
-        sampler: DynamicBatchSampler,
+        sampler: DurationBatchSampler,
         total_batches: int,
         batches_per_epoch: int | None = None,
     ) -> None:
@@ -251,12 +351,11 @@ class DurationStepBatchSampler(BatchStream):
 
     def one_pass(self, pass_index: int) -> list[list[int]]:
         """The batches of pass ``pass_index`` over the data."""
-        self.sampler.set_epoch(pass_index)
-        return [list(batch) for batch in self.sampler._batches]
+        return self.sampler.epoch_batches(pass_index)
 
 
-#: The yaml keys of the duration batches of each step-counted stage: seconds of
-#: audio per batch, length buckets, seed of the shuffles.
+#: The yaml keys of the duration batches of each step-counted stage: least seconds
+#: of audio per batch, length buckets, seed of the shuffles.
 DURATION_BATCH_KEYS = {
     "tapt": ("tapt_batch_seconds", "tapt_num_buckets", "tapt_seed"),
     "frame": ("frame_batch_seconds", "frame_num_buckets", "frame_seed"),
@@ -273,8 +372,9 @@ def duration_step_batches(
     batches_per_epoch: int | None = None,
 ) -> DurationStepBatchSampler:
     """The duration batches of the step-counted ``stage`` (a key of
-    :data:`DURATION_BATCH_KEYS`): its seconds of (cropped) audio per batch, in its
-    length buckets, shuffled from its seed (see :class:`DurationStepBatchSampler`)."""
+    :data:`DURATION_BATCH_KEYS`): at least its seconds of (cropped) audio per batch,
+    from its length buckets, shuffled from its seed (see
+    :class:`DurationStepBatchSampler`)."""
     seconds_key, buckets_key, seed_key = DURATION_BATCH_KEYS[stage]
     per_pass = duration_batch_sampler(
         dataset,

@@ -37,7 +37,7 @@ METHOD_OVERRIDES = {
     "vft": [],
     "tapt": [
         "--tapt_steps=60",
-        "--tapt_batch_size=8",
+        "--tapt_batch_seconds=16",
         "--tapt_lr=0.001",
         "--tapt_max_seconds=2.0",
         "--warmup_steps=10",

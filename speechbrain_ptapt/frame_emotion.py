@@ -1114,8 +1114,8 @@ def train_frame_model(
         The model, encoder weights loaded.
     hparams : mapping
         ``classes``, ``sample_rate``, ``frame_steps``, ``frame_batch_size`` (or
-        ``frame_batch_seconds`` and ``frame_num_buckets``: batches of that many seconds
-        of length-bucketed audio when not None), ``frame_max_seconds`` (random crops of
+        ``frame_batch_seconds`` and ``frame_num_buckets``: batches of at least that many
+        seconds of length-bucketed audio when not None), ``frame_max_seconds`` (random crops of
         at most that length when not None), ``frame_lr``,
         ``frame_warmup_steps``, ``frame_flat_fraction``, ``frame_valid_every``,
         ``frame_valid_batch_size``, ``frame_seed``, ``frame_ckpt_interval_steps``,
@@ -1199,7 +1199,7 @@ def train_frame_model(
             total_batches=steps * batches_per_step,
             batches_per_epoch=valid_every * batches_per_step,
         )
-        batches = f"about {batch_seconds} s of audio"
+        batches = f"at least {batch_seconds} s of audio"
     epoch_counter = EpochCounter(limit=sampler.num_epochs)
     if checkpointer is not None:
         checkpointer.add_recoverables(

@@ -57,6 +57,7 @@ FINGERPRINT_KEYS = (
     "n_clusters",
     "ptapt_steps",
     "ptapt_batch_seconds",
+    "ptapt_num_buckets",
     "ptapt_lr",
     "warmup_steps",
     "ptapt_flat_fraction",
@@ -286,7 +287,7 @@ def train_ptapt(
     num_batches = steps * brain.grad_accumulation_factor * world_size()
     sampler = duration_step_batches(dataset, hparams, "ptapt", max_seconds, num_batches)
     logger.info(
-        "P-TAPT phase 2 on %d utterances of %s: %d steps of about %s s of audio, K = %s.",
+        "P-TAPT phase 2 on %d utterances of %s: %d steps of at least %s s of audio, K = %s.",
         len(dataset),
         train_manifest,
         steps,

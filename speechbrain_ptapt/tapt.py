@@ -56,7 +56,7 @@ from speechbrain_ptapt.backbone import (
     receptive_field_samples,
 )
 from speechbrain_ptapt.checkpointing import RandomState
-from speechbrain_ptapt.dataio import audio_pipeline, duration_step_batches
+from speechbrain_ptapt.dataio import audio_pipeline, cropped_durations, duration_step_batches
 from speechbrain_ptapt.distributed import (
     make_train_loader,
     unwrap,
@@ -517,7 +517,12 @@ class WarmupFlatLinearDecay:
 
 class BucketBatchSampler(torch.utils.data.Sampler):
     """Length-bucketed batches of a fixed number of utterances, for a fixed number
-    of batches (as many passes over the data as needed).
+    of batches (as many passes over the data as needed): TAPT's batches when
+    ``tapt_batch_seconds`` is null. The authors' TAPT trains on batches of at least
+    250 s of audio instead (their ``RandomBucketSampler`` defaults
+    ``dynamic_batch=True``, FT-w2v2-ser ``pretrain/dataloader.py:274-275``, and
+    TAPT's ``pretrain/trainer.py:305-306`` does not override it), which
+    :class:`~speechbrain_ptapt.dataio.DurationBatchSampler` reproduces.
 
     Each pass sorts the utterances by duration (random order among equal
     durations), cuts them into ``num_buckets`` buckets of neighbouring lengths,
@@ -600,13 +605,6 @@ def tapt_dataset(
     dataset.add_dynamic_item(audio_pipeline(sample_rate, max_seconds))
     dataset.set_output_keys(["id", "sig"])
     return dataset
-
-
-def cropped_durations(dataset: DynamicItemDataset, max_seconds: float | None) -> list[float]:
-    """Duration in seconds of each utterance as trained (at most ``max_seconds``),
-    in dataset order."""
-    cap = math.inf if max_seconds is None else float(max_seconds)
-    return [min(float(dataset.data[i]["duration"]), cap) for i in dataset.data_ids]
 
 
 # ----------------------------------------------------------------------------
@@ -856,8 +854,9 @@ def train_tapt(
     model : Wav2Vec2Pretraining
         The model, with the weights to adapt.
     hparams : dict
-        ``tapt_steps``, ``tapt_batch_size`` (or ``tapt_batch_seconds``: batches of
-        that many seconds of length-bucketed audio when not None), ``warmup_steps``,
+        ``tapt_steps``, ``tapt_batch_seconds`` (batches of at least that many seconds
+        of length-bucketed audio, as the authors' code; None: ``tapt_batch_size``
+        utterances per batch), ``warmup_steps``,
         ``tapt_flat_fraction``,
         ``tapt_lr``, ``tapt_max_seconds``, ``tapt_num_buckets``, ``tapt_seed``,
         ``tapt_ckpt_interval_steps``, ``tapt_log_interval_steps``,
@@ -895,7 +894,7 @@ def train_tapt(
         batches = f"{hparams['tapt_batch_size']} utterances"
     else:
         sampler = duration_step_batches(dataset, hparams, "tapt", max_seconds, num_batches)
-        batches = f"about {batch_seconds} s of audio"
+        batches = f"at least {batch_seconds} s of audio"
     logger.info(
         "TAPT on %d utterances of %s: %d steps of %s (%s).",
         len(dataset),

@@ -178,8 +178,10 @@ class VFTBrain(sb.Brain):
 
 def train_loader_options(hparams: dict, train_set) -> dict:
     """DataLoader options of the training set: ``train_dataloader_opts``, or with
-    ``dynamic_batching`` batches of about ``dynamic_batch_seconds`` seconds of
-    length-bucketed (cropped) audio instead of ``batch_size`` random utterances."""
+    ``dynamic_batching`` batches of at least ``dynamic_batch_seconds`` seconds of
+    (cropped) audio from ``dynamic_batch_buckets`` length buckets
+    (:class:`~speechbrain_ptapt.dataio.DurationBatchSampler`) instead of
+    ``batch_size`` random utterances."""
     from speechbrain_ptapt.dataio import duration_batch_sampler
 
     options = dict(hparams["train_dataloader_opts"])

@@ -40,7 +40,7 @@ METHODS = {
     # a checkpoint after every batch: kills land in the middle of an epoch
     "vft": ["--number_of_epochs=2", "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1"],
     "tapt": [
-        "--number_of_epochs=1", "--tapt_steps=12", "--tapt_batch_size=8",
+        "--number_of_epochs=1", "--tapt_steps=12", "--tapt_batch_seconds=8",
         "--tapt_ckpt_interval_steps=3", "--tapt_max_seconds=1.0", "--warmup_steps=2",
     ],
     "ptapt": [

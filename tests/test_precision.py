@@ -78,7 +78,9 @@ def test_bf16_runs_tapt_and_fine_tuning_under_autocast(
     corpus, tiny_wav2vec2, tmp_path, monkeypatch
 ):
     out = tmp_path / "tapt"
-    extra = ["--tapt_steps=2", "--tapt_batch_size=4", "--tapt_max_seconds=1.0", "--warmup_steps=1"]
+    extra = [
+        "--tapt_steps=2", "--tapt_batch_seconds=4", "--tapt_max_seconds=1.0", "--warmup_steps=1"
+    ]
     seen = _run("tapt", corpus, tiny_wav2vec2, out, extra, monkeypatch)
     _check(seen, "TAPTBrain")
     _check(seen, "VFTBrain")

@@ -48,11 +48,13 @@ TAPT_YAML = RECIPE / "hparams" / "tapt.yaml"
 VFT_YAML = RECIPE / "hparams" / "vft.yaml"
 RUN_OPTS = {"device": "cpu", "noprogressbar": True}
 
-# A short stage the tiny model visibly learns in: 20 steps of 8 half-second crops.
+# A short stage the tiny model visibly learns in: 20 steps of 4 s of half-second
+# crops (8 crops), batched by duration as by default.
 STEPS = 20
 CKPT_INTERVAL = 10
 STAGE_OVERRIDES = {
     "tapt_steps": STEPS,
+    "tapt_batch_seconds": 4.0,
     "tapt_batch_size": 8,
     "warmup_steps": 3,
     "tapt_lr": 0.003,
@@ -393,7 +395,8 @@ def test_tapt_yaml_has_every_vft_setting_with_its_default():
         if key not in ("method", "output_folder"):
             assert tapt_settings.get(key) == value, key
     assert tapt_settings["tapt_steps"] == 20000
-    assert tapt_settings["tapt_batch_size"] == 64
+    # the authors' TAPT: batches of at least 250 s from 50 buckets
+    assert (tapt_settings["tapt_batch_seconds"], tapt_settings["tapt_num_buckets"]) == (250.0, 50)
     assert tapt_settings["warmup_steps"] == 100
     assert tapt_settings["tapt_flat_fraction"] == 0.05
     assert tapt_settings["tapt_lr"] == 0.0001
@@ -533,26 +536,30 @@ def test_interrupted_tapt_resumes_at_the_step_it_reached(stage, corpus, tmp_path
         assert torch.equal(resumed[key], uninterrupted[key]), key
 
 
-def test_tapt_batches_by_duration_when_tapt_batch_seconds_is_set(stage, corpus, tmp_path):
+def test_tapt_batches_by_duration_unless_tapt_batch_seconds_is_null(stage, corpus, tmp_path):
     budget, crop, steps = 2.0, 0.5, 6
+    durations = {key: float(item["duration"]) for key, item in corpus["train"].items()}
     records: list[dict[str, Any]] = []
     folder = _run_stage(
-        corpus, tmp_path, records, tapt_batch_seconds=budget, tapt_steps=steps,
+        corpus, tmp_path / "seconds", records, tapt_batch_seconds=budget, tapt_steps=steps,
         tapt_ckpt_interval_steps=0,
     )
     assert [r["done"] for r in records] == list(range(steps))
-    durations = {key: float(item["duration"]) for key, item in corpus["train"].items()}
-    sizes = []
     for record in records:
-        # crops of at most tapt_max_seconds count toward the budget
-        assert sum(min(durations[i], crop) for i in record["ids"]) <= budget + 1e-9
-        sizes.append(len(record["ids"]))
-    # about budget / crop utterances per batch, not tapt_batch_size (8)
-    assert max(sizes) <= budget / crop + 1 and max(sizes) < STAGE_OVERRIDES["tapt_batch_size"]
-    marker = json.loads((folder / MARKER_FILE).read_text())
-    assert "tapt_batch_seconds" in json.dumps(marker)
-    # the default (null) keeps the fingerprint of stages made before the setting existed
-    assert "tapt_batch_seconds" not in (stage["folder"] / MARKER_FILE).read_text()
+        # at least the budget of crops of at most tapt_max_seconds, closed by the last one
+        crops = [min(durations[i], crop) for i in record["ids"]]
+        assert sum(crops) >= budget - 1e-9 and sum(crops[:-1]) < budget
+    assert "tapt_batch_seconds" in (folder / MARKER_FILE).read_text()
+    assert "tapt_batch_seconds" in (stage["folder"] / MARKER_FILE).read_text()
+
+    records = []
+    folder = _run_stage(
+        corpus, tmp_path / "count", records, tapt_batch_seconds=None, tapt_batch_size=3,
+        tapt_steps=steps, tapt_ckpt_interval_steps=0,
+    )
+    assert [len(r["ids"]) for r in records] == [3] * steps
+    # null keeps the fingerprint of stages made before the setting existed
+    assert "tapt_batch_seconds" not in (folder / MARKER_FILE).read_text()
 
 
 # ----------------------------------------------------------------------------
@@ -611,7 +618,7 @@ def test_tapt_recipe_runs_end_to_end_from_the_repository_root(corpus, tmp_path):
         f"--data_folder={corpus['root']}", f"--output_folder={output}",
         f"--wav2vec2_hub={corpus['tiny']}", "--folds=[1]", "--runs=1",
         "--number_of_epochs=1", "--batch_size=8", "--tapt_steps=10",
-        "--tapt_batch_size=8", "--device=cpu", "--noprogressbar",
+        "--tapt_batch_seconds=8", "--device=cpu", "--noprogressbar",
         # Shorter crops than the paper's 10 s keep the test fast.
         "--tapt_max_seconds=1.0", "--max_train_seconds=1.0",
     ]
