@@ -37,7 +37,12 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from speechbrain.utils.checkpoints import Checkpoint
-from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    ddp_broadcast,
+    if_main_process,
+    run_on_main,
+)
 from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.seed import seed_everything
 from torch import Tensor, nn
@@ -72,6 +77,8 @@ __all__ = [
     "FINAL_FOLDER",
     "MODEL_FILE",
     "RECORD_FILE",
+    "SELECTION_CRITERIA",
+    "VALID_CROPS",
     "ConvAggregator",
     "EmotionHead",
     "FrameEmotionBrain",
@@ -90,8 +97,11 @@ __all__ = [
     "run_frame_stage",
     "sample_lengths",
     "save_frame_model",
+    "selection_rank",
     "split_validation",
     "train_frame_model",
+    "validation_interval_steps",
+    "validation_loader",
 ]
 
 FRAME_ENCODERS = ("wav2vec1", "w2v2_cnn")
@@ -1030,7 +1040,9 @@ class FrameEmotionBrain(sb.Brain):
     ``valid_seed`` and the epoch (the training random state is left alone). After each
     validation a checkpoint is saved with the validation ``loss`` (mean over utterances
     of the batches' summed cross-entropies, each batch weighted by its utterances as
-    Lightning 1.4.5 averages the authors' ``valid_loss``) and ``ua`` (unweighted
+    Lightning 1.4.5 averages the authors' ``valid_loss``:
+    ``pytorch_lightning/trainer/connectors/logger_connector/result.py:196-212``) and
+    ``ua`` (unweighted
     accuracy of :meth:`FrameEmotionOutput.utterance_log_probs`), keeping the most recent
     one and the best one by ``select_by`` (:func:`selection_rank`).
 
@@ -1111,12 +1123,29 @@ class FrameEmotionBrain(sb.Brain):
             # The epoch is over: a run resumed from this checkpoint starts the next
             # epoch's batch count (and its loss average) at 0, as an uninterrupted one.
             self.step = 0
-            self.checkpointer.save_and_keep_only(
-                meta={**meta, **self.valid_stats},
-                importance_keys=[selection_rank(self.hparams.select_by)],
-                ckpt_predicate=is_validated,
-                num_to_keep=1,
-            )
+            meta = {**meta, **self.valid_stats}
+            # One decision for every process: saving synchronises them.
+            if ddp_broadcast(self._worth_saving(meta) if if_main_process() else None):
+                self.checkpointer.save_and_keep_only(
+                    meta=meta,
+                    importance_keys=[selection_rank(self.hparams.select_by)],
+                    ckpt_predicate=is_validated,
+                    num_to_keep=1,
+                )
+
+    def _worth_saving(self, meta: dict[str, Any]) -> bool:
+        """Whether a validation's checkpoint is saved: when it beats every saved one by
+        ``select_by`` (the authors' ``ModelCheckpoint(save_top_k=1)`` saves only then,
+        ``run_pretrain.py:24-31``), and after the stage's last step (its finished state).
+        Skipped ones cost a resumed stage some replayed steps (it replays them exactly),
+        not hundreds of writes of the whole training state (5 steps per epoch on SAVEE).
+        """
+        limit = self.optimizer_step_limit
+        if limit is not None and self.optimizer_step >= limit:
+            return True
+        rank = selection_rank(self.hparams.select_by)
+        best = self.checkpointer.find_checkpoint(importance_key=rank, ckpt_predicate=is_validated)
+        return best is None or rank(Checkpoint(Path(), meta, {})) > rank(best)
 
 
 def is_validated(checkpoint: Checkpoint) -> bool:
@@ -1185,6 +1214,55 @@ def validation_interval_steps(
     return max(1, min(int(interval), int(steps)))
 
 
+def validation_loader(
+    brain: sb.Brain, valid_manifest: str | Path, hparams: Mapping[str, Any], num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """The phase-1 validation batches of ``frame_valid_batch_size`` utterances.
+
+    With ``frame_valid_crop: shortest`` (cropped by :class:`FrameEmotionBrain`) they
+    keep the authors' composition: the validation split in one fixed random order
+    (from ``frame_seed``), as their ``random_split`` subset read without shuffling
+    (``pretrain/trainer.py:25, 51-57``). Whole utterances (``none``) are sorted by
+    duration, so that little of a batch is padding.
+
+    Arguments
+    ---------
+    brain : sb.Brain
+        The stage's brain (its ``make_dataloader``).
+    valid_manifest : str or Path
+        The validation split.
+    hparams : mapping
+        ``classes``, ``sample_rate``, ``frame_valid_crop``, ``frame_valid_batch_size``
+        and ``frame_seed``.
+    num_workers : int
+        Loader processes.
+
+    Returns
+    -------
+    DataLoader
+        Batches in the same order at every validation.
+    """
+    from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
+
+    crop = hparams["frame_valid_crop"] == "shortest"
+    encoder = make_label_encoder(hparams["classes"])
+    valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=not crop)
+    order = None
+    if crop:
+        order = np.random.default_rng(int(hparams["frame_seed"])).permutation(len(valid_set))
+    # A private generator: creating the loader's iterator draws nothing from the global
+    # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
+    return brain.make_dataloader(
+        valid_set,
+        stage=sb.Stage.VALID,
+        ckpt_prefix=None,
+        num_workers=num_workers,
+        batch_size=int(hparams["frame_valid_batch_size"]),
+        sampler=None if order is None else order.tolist(),
+        generator=torch.Generator(),
+    )
+
+
 def train_frame_model(
     model: FrameEmotionModel,
     hparams: Mapping[str, Any],
@@ -1247,12 +1325,6 @@ def train_frame_model(
     encoder = make_label_encoder(hparams["classes"])
     max_seconds = hparams.get("frame_max_seconds")
     train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"], max_seconds)
-    # Cropped validation batches keep the authors' composition: a fixed random order
-    # (their random_split Subset, not shuffled, pretrain/trainer.py:25, 51-57); whole
-    # utterances are sorted by duration, so that little of a batch is padding.
-    valid_set = emotion_dataset(
-        valid_manifest, encoder, hparams["sample_rate"], sort=valid_crop == "none"
-    )
 
     max_grad_norm = float(hparams["frame_max_grad_norm"])
     opts = stage_run_options(
@@ -1318,21 +1390,7 @@ def train_frame_model(
             }
         )
     workers = int(hparams.get("frame_num_workers", 0))
-    # A private generator: creating the loader's iterator draws nothing from the global
-    # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
-    valid_order = None
-    if valid_crop == "shortest":
-        valid_order = np.random.default_rng(int(hparams["frame_seed"])).permutation(len(valid_set))
-        valid_order = valid_order.tolist()
-    valid_loader = brain.make_dataloader(
-        valid_set,
-        stage=sb.Stage.VALID,
-        ckpt_prefix=None,
-        num_workers=workers,
-        batch_size=int(hparams["frame_valid_batch_size"]),
-        sampler=valid_order,
-        generator=torch.Generator(),
-    )
+    valid_loader = validation_loader(brain, valid_manifest, hparams, workers)
     logger.info(
         "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d (%s): %d steps of %s "
         "(%s, cropped to the batch's shortest), validation every %d steps (%s), keeping "
@@ -1340,7 +1398,7 @@ def train_frame_model(
         model.frame_encoder,
         len(train_set),
         train_manifest,
-        len(valid_set),
+        len(valid_loader.dataset),
         "cropped to each batch's shortest" if valid_crop == "shortest" else "whole files",
         steps,
         batches,

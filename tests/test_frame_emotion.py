@@ -19,6 +19,7 @@ from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt import frame_emotion
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths
+from speechbrain_ptapt.checkpointing import Checkpointer
 from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
 from speechbrain_ptapt.experiment import load_hparams, read_json, write_json
 from speechbrain_ptapt.frame_emotion import (
@@ -363,6 +364,13 @@ def test_by_default_the_lowest_loss_of_one_validation_per_epoch_is_kept(
     pending = {"loss": 0.0, "utterances": 0}
     forward, objectives = FrameEmotionBrain.compute_forward, FrameEmotionBrain.compute_objectives
     stage_end, model_forward = FrameEmotionBrain.on_stage_end, FrameEmotionModel.forward
+    saved: list[int] = []
+    save = Checkpointer.save_and_keep_only
+
+    def recording_save(self, *args, **kwargs):
+        if "ua" in kwargs.get("meta", {}):
+            saved.append(kwargs["meta"]["optimizer_step"])
+        return save(self, *args, **kwargs)
 
     def recording_forward(self, batch, stage):
         if stage != sb.Stage.TRAIN:
@@ -400,6 +408,7 @@ def test_by_default_the_lowest_loss_of_one_validation_per_epoch_is_kept(
         patch.setattr(FrameEmotionBrain, "compute_objectives", recording_objectives)
         patch.setattr(FrameEmotionBrain, "on_stage_end", recording_end)
         patch.setattr(FrameEmotionModel, "forward", recording_model)
+        patch.setattr(Checkpointer, "save_and_keep_only", recording_save)
         patch.setattr(frame_emotion, "classification_metrics", ua_rising_with_the_loss)
         final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
 
@@ -428,6 +437,10 @@ def test_by_default_the_lowest_loss_of_one_validation_per_epoch_is_kept(
     assert record["selected"]["optimizer_step"] == min(losses, key=losses.get)
     assert record["selected"]["loss"] == pytest.approx(min(losses.values()))
     assert record["settings"]["frame_valid_every"] == "epoch"
+    # As the authors' ModelCheckpoint(save_top_k=1), a validation is saved only when it
+    # improves on the saved ones, plus the last one (the finished stage).
+    improving = [s for s in losses if all(losses[s] < losses[t] for t in losses if t < s)]
+    assert saved == sorted({*improving, 10})
 
 
 def test_frame_select_by_valid_ua_keeps_the_best_ua() -> None:
