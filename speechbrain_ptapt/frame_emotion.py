@@ -7,8 +7,10 @@ trainable aggregator that outputs one 512-dim vector per 20 ms frame, wav2vec2's
 rate. Two heads are trained with the utterance's emotion label: a frame-wise head on
 every valid frame and a BiLSTM whose outputs are mean-pooled over the valid frames;
 the loss is the sum of the two class-weighted cross-entropies. The stage trains on the
-fold's training manifest only, picks the step with the best unweighted accuracy on a
-seeded 10 % validation split of it, and writes that model as
+fold's training manifest only, validates once per epoch on a seeded 10 % validation
+split of it (batches cropped to their shortest utterance, as in training), keeps the
+checkpoint with the lowest validation loss (as the authors' code; or the best
+unweighted accuracy) and writes that model as
 ``<frame_folder>/final/frame_model.ckpt`` + ``frame_model.json``.
 
 Units: waveforms are 16 kHz and measured in samples; "frames" are the encoders' output
@@ -35,7 +37,12 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from speechbrain.utils.checkpoints import Checkpoint
-from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    ddp_broadcast,
+    if_main_process,
+    run_on_main,
+)
 from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.seed import seed_everything
 from torch import Tensor, nn
@@ -70,6 +77,8 @@ __all__ = [
     "FINAL_FOLDER",
     "MODEL_FILE",
     "RECORD_FILE",
+    "SELECTION_CRITERIA",
+    "VALID_CROPS",
     "ConvAggregator",
     "EmotionHead",
     "FrameEmotionBrain",
@@ -88,12 +97,23 @@ __all__ = [
     "run_frame_stage",
     "sample_lengths",
     "save_frame_model",
+    "selection_rank",
     "split_validation",
     "train_frame_model",
+    "validation_interval_steps",
+    "validation_loader",
 ]
 
 FRAME_ENCODERS = ("wav2vec1", "w2v2_cnn")
 """Values of ``frame_encoder``: the paper's wav2vec 1.0, or wav2vec2's own CNN."""
+
+SELECTION_CRITERIA = ("valid_loss", "valid_ua")
+"""Values of ``frame_select_by``: the lowest validation loss (the authors' code), or the
+highest validation UA."""
+
+VALID_CROPS = ("shortest", "none")
+"""Values of ``frame_valid_crop``: validation batches cropped to their shortest utterance
+(the authors' code), or whole utterances."""
 
 FINAL_FOLDER = "final"
 """Sub-folder of ``frame_folder`` holding the finished stage's model."""
@@ -120,6 +140,9 @@ _COMMON_KEYS = (
     "frame_flat_fraction",
     "frame_valid_ratio",
     "frame_valid_every",
+    "frame_select_by",
+    "frame_valid_crop",
+    "frame_valid_batch_size",
     "frame_max_grad_norm",
     "frame_time_mask_prob",
     "frame_time_mask_length",
@@ -172,12 +195,14 @@ def sample_lengths(wavs: Tensor, wav_lens: Tensor | None) -> Tensor:
     return lengths.clamp(min=1, max=wavs.shape[1]).to(wavs.device)
 
 
-def crop_to_shortest(wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Tensor]:
+def crop_to_shortest(
+    wavs: Tensor, wav_lens: Tensor | None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Crop every waveform of a batch to the shortest one, at random offsets.
 
     The authors' phase-1 batches are built this way, so no sample is padding (the group
     norms of wav2vec 1.0's and wav2vec2's CNNs would otherwise see it). The offsets come
-    from torch's global random generator.
+    from ``generator``, by default torch's global random generator.
 
     Arguments
     ---------
@@ -185,6 +210,8 @@ def crop_to_shortest(wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Ten
         (batch, samples) padded waveforms.
     wav_lens : Tensor or None
         (batch,) relative lengths.
+    generator : torch.Generator, optional
+        A CPU generator for the offsets.
 
     Returns
     -------
@@ -196,7 +223,10 @@ def crop_to_shortest(wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Ten
     num_samples = sample_lengths(wavs, wav_lens)
     shortest = int(num_samples.min())
     offsets = torch.tensor(
-        [int(torch.randint(0, int(n) - shortest + 1, (1,))) for n in num_samples.tolist()],
+        [
+            int(torch.randint(0, int(n) - shortest + 1, (1,), generator=generator))
+            for n in num_samples.tolist()
+        ],
         device=wavs.device,
     )
     index = offsets[:, None] + torch.arange(shortest, device=wavs.device)[None, :]
@@ -1002,25 +1032,35 @@ class StepBatchSampler(BatchStream):
 
 class FrameEmotionBrain(sb.Brain):
     """Trains a :class:`FrameEmotionModel` (``modules.model``) for a fixed number of
-    optimizer steps, validating every epoch (``frame_valid_every`` steps).
+    optimizer steps, validating every epoch (``frame_valid_every``).
 
     Training batches are cropped to their shortest utterance at random offsets; the
-    loss is the sum of :func:`frame_emotion_losses`. After each validation a checkpoint
-    is saved with the validation ``ua`` (unweighted accuracy of
-    :meth:`FrameEmotionOutput.utterance_log_probs`), keeping the most recent one and the
-    best one by ``ua``.
+    loss is the sum of :func:`frame_emotion_losses`. With ``valid_crop`` validation
+    batches are cropped the same way, at offsets drawn from a generator seeded by
+    ``valid_seed`` and the epoch (the training random state is left alone). After each
+    validation a checkpoint is saved with the validation ``loss`` (mean over utterances
+    of the batches' summed cross-entropies, each batch weighted by its utterances as
+    Lightning 1.4.5 averages the authors' ``valid_loss``:
+    ``pytorch_lightning/trainer/connectors/logger_connector/result.py:196-212``) and
+    ``ua`` (unweighted
+    accuracy of :meth:`FrameEmotionOutput.utterance_log_probs`), keeping the most recent
+    one and the best one by ``select_by`` (:func:`selection_rank`).
 
     Expects in hparams: ``class_weights`` (tensor), ``lr_scheduler`` (a
-    :class:`~speechbrain_ptapt.tapt.WarmupFlatLinearDecay`), ``n_classes`` and
-    optionally ``train_logger``.
+    :class:`~speechbrain_ptapt.tapt.WarmupFlatLinearDecay`), ``n_classes``,
+    ``select_by`` (one of :data:`SELECTION_CRITERIA`), ``valid_crop`` (bool),
+    ``valid_seed`` (int) and optionally ``train_logger``.
     """
 
     def compute_forward(self, batch, stage) -> FrameEmotionOutput:
-        """Model output; training batches are cropped to their shortest utterance."""
+        """Model output; training batches (and validation ones with ``valid_crop``) are
+        cropped to their shortest utterance."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         if stage == sb.Stage.TRAIN:
             wavs, wav_lens = crop_to_shortest(wavs, wav_lens)
+        elif self.hparams.valid_crop:
+            wavs, wav_lens = crop_to_shortest(wavs, wav_lens, self._crop_generator)
         return self.modules.model(wavs, wav_lens)
 
     def compute_objectives(self, predictions: FrameEmotionOutput, batch, stage) -> Tensor:
@@ -1029,7 +1069,10 @@ class FrameEmotionBrain(sb.Brain):
         frame_loss, utterance_loss = frame_emotion_losses(
             predictions, targets, self.hparams.class_weights
         )
+        loss = frame_loss + utterance_loss
         if stage != sb.Stage.TRAIN:
+            self._loss_sum += float(loss.detach()) * targets.numel()
+            self._utterances += targets.numel()
             scores = predictions.utterance_log_probs().detach()
             self._targets.extend(targets.cpu().tolist())
             self._predictions.extend(scores.argmax(dim=-1).cpu().tolist())
@@ -1037,7 +1080,7 @@ class FrameEmotionBrain(sb.Brain):
             frame_hits = predictions.frame_logits.argmax(dim=-1) == targets[:, None]
             self._frame_hits += int(frame_hits[mask].sum())
             self._frames += int(mask.sum())
-        return frame_loss + utterance_loss
+        return loss
 
     def on_fit_batch_start(self, batch, should_step: bool) -> None:
         """Sets the learning rate of the coming optimizer step."""
@@ -1045,12 +1088,16 @@ class FrameEmotionBrain(sb.Brain):
             self.lr = self.hparams.lr_scheduler(self.optimizer)
 
     def on_stage_start(self, stage, epoch=None) -> None:
-        """Resets the collected validation predictions."""
+        """Resets the collected validation predictions and seeds the validation crops."""
         if stage != sb.Stage.TRAIN:
             self._targets: list[int] = []
             self._predictions: list[int] = []
             self._frame_hits = 0
             self._frames = 0
+            self._loss_sum = 0.0
+            self._utterances = 0
+            seed = np.random.SeedSequence([int(self.hparams.valid_seed), int(epoch or 0)])
+            self._crop_generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
         """Training: keep the loss. Validation: metrics, log line, checkpoint."""
@@ -1059,7 +1106,7 @@ class FrameEmotionBrain(sb.Brain):
             return
         metrics = classification_metrics(self._targets, self._predictions, self.hparams.n_classes)
         self.valid_stats = {
-            "loss": float(stage_loss),
+            "loss": self._loss_sum / max(self._utterances, 1),
             "ua": metrics["ua"],
             "wa": metrics["wa"],
             "frame_acc": self._frame_hits / max(self._frames, 1),
@@ -1076,12 +1123,29 @@ class FrameEmotionBrain(sb.Brain):
             # The epoch is over: a run resumed from this checkpoint starts the next
             # epoch's batch count (and its loss average) at 0, as an uninterrupted one.
             self.step = 0
-            self.checkpointer.save_and_keep_only(
-                meta={**meta, **self.valid_stats},
-                importance_keys=[validation_rank],
-                ckpt_predicate=is_validated,
-                num_to_keep=1,
-            )
+            meta = {**meta, **self.valid_stats}
+            # One decision for every process: saving synchronises them.
+            if ddp_broadcast(self._worth_saving(meta) if if_main_process() else None):
+                self.checkpointer.save_and_keep_only(
+                    meta=meta,
+                    importance_keys=[selection_rank(self.hparams.select_by)],
+                    ckpt_predicate=is_validated,
+                    num_to_keep=1,
+                )
+
+    def _worth_saving(self, meta: dict[str, Any]) -> bool:
+        """Whether a validation's checkpoint is saved: when it beats every saved one by
+        ``select_by`` (the authors' ``ModelCheckpoint(save_top_k=1)`` saves only then,
+        ``run_pretrain.py:24-31``), and after the stage's last step (its finished state).
+        Skipped ones cost a resumed stage some replayed steps (it replays them exactly),
+        not hundreds of writes of the whole training state (5 steps per epoch on SAVEE).
+        """
+        limit = self.optimizer_step_limit
+        if limit is not None and self.optimizer_step >= limit:
+            return True
+        rank = selection_rank(self.hparams.select_by)
+        best = self.checkpointer.find_checkpoint(importance_key=rank, ckpt_predicate=is_validated)
+        return best is None or rank(Checkpoint(Path(), meta, {})) > rank(best)
 
 
 def is_validated(checkpoint: Checkpoint) -> bool:
@@ -1089,12 +1153,114 @@ def is_validated(checkpoint: Checkpoint) -> bool:
     return "ua" in checkpoint.meta
 
 
-def validation_rank(checkpoint: Checkpoint) -> tuple[float, int]:
-    """Order of validated phase-1 checkpoints: the higher validation UA first and,
-    among equal UA, the earlier step, whatever order the checkpoint folders are
-    listed in (so an interrupted and resumed stage selects what an uninterrupted one
-    would)."""
+def lowest_loss_rank(checkpoint: Checkpoint) -> tuple[float, int]:
+    """Order of validated phase-1 checkpoints by ``frame_select_by: valid_loss``: the
+    lower validation loss first and, among equal losses, the earlier step, whatever
+    order the checkpoint folders are listed in (so an interrupted and resumed stage
+    selects what an uninterrupted one would)."""
+    return -float(checkpoint.meta["loss"]), -int(checkpoint.meta.get("optimizer_step", 0))
+
+
+def highest_ua_rank(checkpoint: Checkpoint) -> tuple[float, int]:
+    """Order of validated phase-1 checkpoints by ``frame_select_by: valid_ua``: the
+    higher validation UA first and, among equal UA, the earlier step."""
     return float(checkpoint.meta["ua"]), -int(checkpoint.meta.get("optimizer_step", 0))
+
+
+def selection_rank(select_by: str) -> Callable[[Checkpoint], tuple[float, int]]:
+    """The checkpoint order (higher is better) of a ``frame_select_by`` value."""
+    ranks = {"valid_loss": lowest_loss_rank, "valid_ua": highest_ua_rank}
+    if select_by not in ranks:
+        raise ValueError(f"frame_select_by must be one of {SELECTION_CRITERIA}, got {select_by!r}")
+    return ranks[select_by]
+
+
+def validation_interval_steps(
+    valid_every: int | str, batches_per_pass: int, batches_per_step: int, steps: int
+) -> int:
+    """Optimizer steps between two validations.
+
+    Arguments
+    ---------
+    valid_every : int or str
+        ``frame_valid_every``: a number of optimizer steps, or ``"epoch"`` for one
+        pass over the training part, as the authors' Lightning loop
+        (``check_val_every_n_epoch=1``, ``run_pretrain.py:14, 37``).
+    batches_per_pass : int
+        Batches of one pass over the training part (the first pass of the batch
+        stream: ``floor(utterances / frame_batch_size)``, the last incomplete batch
+        dropped as the authors' ``drop_last=True``, ``pretrain/trainer.py:43-49``; with
+        batches by duration, the batches of that pass).
+    batches_per_step : int
+        Batches of one optimizer step over all processes (gradient accumulation times
+        the number of DDP processes).
+    steps : int
+        Optimizer steps of the stage (the interval never exceeds it).
+
+    Returns
+    -------
+    int
+        ``steps`` per validation, at least 1: for ``"epoch"``, ``batches_per_pass //
+        batches_per_step``.
+    """
+    if valid_every == "epoch":
+        interval = batches_per_pass // batches_per_step
+    elif isinstance(valid_every, int) and not isinstance(valid_every, bool) and valid_every >= 1:
+        interval = valid_every
+    else:
+        raise ValueError(
+            f"frame_valid_every must be 'epoch' or a positive number of steps, got {valid_every!r}"
+        )
+    return max(1, min(int(interval), int(steps)))
+
+
+def validation_loader(
+    brain: sb.Brain, valid_manifest: str | Path, hparams: Mapping[str, Any], num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """The phase-1 validation batches of ``frame_valid_batch_size`` utterances.
+
+    With ``frame_valid_crop: shortest`` (cropped by :class:`FrameEmotionBrain`) they
+    keep the authors' composition: the validation split in one fixed random order
+    (from ``frame_seed``), as their ``random_split`` subset read without shuffling
+    (``pretrain/trainer.py:25, 51-57``). Whole utterances (``none``) are sorted by
+    duration, so that little of a batch is padding.
+
+    Arguments
+    ---------
+    brain : sb.Brain
+        The stage's brain (its ``make_dataloader``).
+    valid_manifest : str or Path
+        The validation split.
+    hparams : mapping
+        ``classes``, ``sample_rate``, ``frame_valid_crop``, ``frame_valid_batch_size``
+        and ``frame_seed``.
+    num_workers : int
+        Loader processes.
+
+    Returns
+    -------
+    DataLoader
+        Batches in the same order at every validation.
+    """
+    from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
+
+    crop = hparams["frame_valid_crop"] == "shortest"
+    encoder = make_label_encoder(hparams["classes"])
+    valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=not crop)
+    order = None
+    if crop:
+        order = np.random.default_rng(int(hparams["frame_seed"])).permutation(len(valid_set))
+    # A private generator: creating the loader's iterator draws nothing from the global
+    # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
+    return brain.make_dataloader(
+        valid_set,
+        stage=sb.Stage.VALID,
+        ckpt_prefix=None,
+        num_workers=num_workers,
+        batch_size=int(hparams["frame_valid_batch_size"]),
+        sampler=None if order is None else order.tolist(),
+        generator=torch.Generator(),
+    )
 
 
 def train_frame_model(
@@ -1117,8 +1283,10 @@ def train_frame_model(
         ``frame_batch_seconds`` and ``frame_num_buckets``: batches of at least that many
         seconds of length-bucketed audio when not None), ``frame_max_seconds`` (random crops of
         at most that length when not None), ``frame_lr``,
-        ``frame_warmup_steps``, ``frame_flat_fraction``, ``frame_valid_every``,
-        ``frame_valid_batch_size``, ``frame_seed``, ``frame_ckpt_interval_steps``,
+        ``frame_warmup_steps``, ``frame_flat_fraction``, ``frame_valid_every`` (steps or
+        ``"epoch"``, see :func:`validation_interval_steps`), ``frame_select_by``,
+        ``frame_valid_crop``, ``frame_valid_batch_size``, ``frame_seed``,
+        ``frame_ckpt_interval_steps``,
         ``frame_max_grad_norm``, ``frame_num_workers``, ``frame_opt_class`` and optionally
         ``frame_train_logger`` (an instance).
     run_opts : RunOptions or dict
@@ -1143,7 +1311,11 @@ def train_frame_model(
     )
 
     steps = int(hparams["frame_steps"])
-    valid_every = max(1, min(int(hparams["frame_valid_every"]), steps))
+    select_by = str(hparams["frame_select_by"])
+    selection_rank(select_by)  # an unknown criterion fails before training
+    valid_crop = str(hparams["frame_valid_crop"])
+    if valid_crop not in VALID_CROPS:
+        raise ValueError(f"frame_valid_crop must be one of {VALID_CROPS}, got {valid_crop!r}")
     scheduler = WarmupFlatLinearDecay(
         hparams["frame_lr"],
         steps,
@@ -1153,7 +1325,6 @@ def train_frame_model(
     encoder = make_label_encoder(hparams["classes"])
     max_seconds = hparams.get("frame_max_seconds")
     train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"], max_seconds)
-    valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=True)
 
     max_grad_norm = float(hparams["frame_max_grad_norm"])
     opts = stage_run_options(
@@ -1171,6 +1342,9 @@ def train_frame_model(
             "class_weights": class_weights,
             "lr_scheduler": scheduler,
             "n_classes": len(hparams["classes"]),
+            "select_by": select_by,
+            "valid_crop": valid_crop == "shortest",
+            "valid_seed": int(hparams["frame_seed"]),
             "train_logger": hparams.get("frame_train_logger"),
         },
         run_opts=opts,
@@ -1186,7 +1360,7 @@ def train_frame_model(
             len(train_set),
             int(hparams["frame_batch_size"]),
             total_batches=steps * batches_per_step,
-            batches_per_epoch=valid_every * batches_per_step,
+            batches_per_epoch=batches_per_step,
             seed=int(hparams["frame_seed"]),
         )
         batches = f"{hparams['frame_batch_size']} utterances"
@@ -1197,9 +1371,14 @@ def train_frame_model(
             "frame",
             max_seconds,
             total_batches=steps * batches_per_step,
-            batches_per_epoch=valid_every * batches_per_step,
+            batches_per_epoch=batches_per_step,
         )
         batches = f"at least {batch_seconds} s of audio"
+    # An epoch (the span between validations) is set once the batches of a pass are known.
+    valid_every = validation_interval_steps(
+        hparams["frame_valid_every"], len(sampler.one_pass(0)), batches_per_step, steps
+    )
+    sampler.batches_per_epoch = valid_every * batches_per_step
     epoch_counter = EpochCounter(limit=sampler.num_epochs)
     if checkpointer is not None:
         checkpointer.add_recoverables(
@@ -1211,27 +1390,22 @@ def train_frame_model(
             }
         )
     workers = int(hparams.get("frame_num_workers", 0))
-    # A private generator: creating the loader's iterator draws nothing from the global
-    # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
-    valid_loader = brain.make_dataloader(
-        valid_set,
-        stage=sb.Stage.VALID,
-        ckpt_prefix=None,
-        num_workers=workers,
-        batch_size=int(hparams.get("frame_valid_batch_size", 1)),
-        generator=torch.Generator(),
-    )
+    valid_loader = validation_loader(brain, valid_manifest, hparams, workers)
     logger.info(
-        "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d: %d steps of %s "
-        "(%s, cropped to the batch's shortest), validation every %d steps.",
+        "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d (%s): %d steps of %s "
+        "(%s, cropped to the batch's shortest), validation every %d steps (%s), keeping "
+        "the checkpoint of the %s.",
         model.frame_encoder,
         len(train_set),
         train_manifest,
-        len(valid_set),
+        len(valid_loader.dataset),
+        "cropped to each batch's shortest" if valid_crop == "shortest" else "whole files",
         steps,
         batches,
         "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
         valid_every,
+        "one epoch" if hparams["frame_valid_every"] == "epoch" else "frame_valid_every",
+        "lowest validation loss" if select_by == "valid_loss" else "highest validation UA",
     )
     fit_steps(brain, epoch_counter, train_set, sampler, workers, valid_loader)
     return brain
@@ -1448,7 +1622,10 @@ def run_frame_stage(
         checkpointer,
     )
 
-    best = checkpointer.find_checkpoint(importance_key=validation_rank, ckpt_predicate=is_validated)
+    select_by = str(hparams["frame_select_by"])
+    best = checkpointer.find_checkpoint(
+        importance_key=selection_rank(select_by), ckpt_predicate=is_validated
+    )
     if best is None:
         raise RuntimeError(f"no validated checkpoint in {save_folder}: nothing to select")
     state = torch.load(best.paramfiles["model"], map_location="cpu", weights_only=True)
@@ -1464,6 +1641,7 @@ def run_frame_stage(
                 "sample_rate": int(hparams["sample_rate"]),
                 "class_weights": class_weights.tolist(),
                 "train_manifest": str(train_manifest),
+                "select_by": select_by,
                 "selected": {
                     key: best.meta[key]
                     for key in ("optimizer_step", "ua", "wa", "loss", "frame_acc")
@@ -1473,10 +1651,13 @@ def run_frame_stage(
             },
         )
         logger.info(
-            "P-TAPT phase 1 of fold %s done: step %s (validation UA %.3f) saved in %s.",
+            "P-TAPT phase 1 of fold %s done: step %s (validation loss %.4f, UA %.3f; "
+            "selected by %s) saved in %s.",
             fold,
             best.meta.get("optimizer_step"),
+            best.meta["loss"],
             best.meta["ua"],
+            select_by,
             final,
         )
     ddp_barrier()

@@ -59,7 +59,6 @@ POSITIVE_INTS = frozenset(
         "frame_steps",
         "frame_batch_size",
         "frame_valid_batch_size",
-        "frame_valid_every",
         "frame_time_mask_length",
         "frame_channel_mask_length",
         "frame_feature_dim",
@@ -157,6 +156,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kmeans_init": ("random", "k-means++"),
     "tapt_loss_reduction": ("sum", "mean"),
     "tapt_diversity_scaling": ("unscaled", "per_masked_frame"),
+    "kmeans_fit_set": ("shared", "per_k"),
+    "frame_select_by": ("valid_loss", "valid_ua"),
+    "frame_valid_crop": ("shortest", "none"),
 }
 
 #: Gumbel-softmax temperatures: a number greater than 0, or fairseq's anneal
@@ -314,6 +316,8 @@ def _range_problem(key: str, value: Any) -> str | None:
             return "a list of integers K of at least 2, e.g. [64, 512, 4096]"
         if len(set(value)) != len(value):
             return "a list of distinct K, e.g. [64, 512, 4096]"
+    if key == "frame_valid_every" and value != "epoch" and not (_is_int(value) and value >= 1):
+        return "epoch or an integer of at least 1 (optimizer steps)"
     if key in SCALAR_OR_LIST and isinstance(value, list) and not value:
         return "at least one fold"
     return None

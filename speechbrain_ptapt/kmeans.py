@@ -10,8 +10,9 @@ pseudo-labels. At IEMOCAP scale that is about 1.26 M frames x 512 float32
   ``||x||^2 - 2 x.c + ||c||^2`` into a reused (chunk, K) buffer, followed by
   an arg-min;
 * never copies the whole feature matrix: a ``np.memmap``, an in-memory array
-  or a tensor is read chunk by chunk; only a subsample (``max_points``) may be
-  gathered once, and only when it is small compared with the data;
+  or a tensor is read chunk by chunk; only a fitting subset (``max_points``
+  random rows or the caller's ``rows``) may be gathered once, and only when it
+  is small compared with the data;
 * is deterministic: the subsample, the initial centroids (a seeded random
   sample of distinct points, as faiss does, or optionally greedy k-means++ on
   a subsample) and the re-seeding of empty clusters (the points farthest from
@@ -353,6 +354,18 @@ def _reseed_empty(
     return len(chosen)
 
 
+def _fitting_rows(n_rows: int, rows: np.ndarray | torch.Tensor) -> torch.Tensor | None:
+    """The caller's fitting rows as sorted, distinct int64 ids (CPU), or None when they
+    are every row."""
+    ids = torch.as_tensor(np.asarray(rows), dtype=torch.long).flatten()
+    if ids.numel() == 0:
+        raise ValueError("rows must name at least one row")
+    ids = torch.unique(ids)  # sorted
+    if int(ids[0]) < 0 or int(ids[-1]) >= n_rows:
+        raise ValueError(f"rows must be row ids in [0, {n_rows}), got {ids.min()}..{ids.max()}")
+    return None if ids.numel() == n_rows else ids
+
+
 def _subsample(
     n_rows: int, max_points: int | None, generator: torch.Generator
 ) -> torch.Tensor | None:
@@ -422,6 +435,7 @@ def fit_kmeans(
     chunk_size: int | None = None,
     verbose: bool = False,
     init: str = "random",
+    rows: np.ndarray | torch.Tensor | None = None,
 ) -> KMeansResult:
     """Fit k-means (Lloyd's algorithm) to the rows of ``features``.
 
@@ -437,8 +451,8 @@ def fit_kmeans(
         20 as in the original faiss setup. Stops earlier once an assignment
         pass changes no label and leaves no cluster empty.
     max_points : int | None
-        Fit on at most this many rows, drawn without replacement from ``seed``
-        (P-TAPT uses 1000 * K). None fits on all rows.
+        Fit on at most this many rows, drawn without replacement from ``seed``.
+        None fits on all rows (or on ``rows``).
     seed : int
         Seed of the subsample and of the initial centroids (K distinct rows of
         the fitting set drawn uniformly).
@@ -456,6 +470,11 @@ def fit_kmeans(
         costs about K small matrix products but avoids the merged or split
         clusters a uniform draw tends to leave when clusters are few and far
         apart.
+    rows : np.ndarray | torch.Tensor | None
+        Fit on these rows of ``features`` only (int row ids; order and repeats
+        do not matter), e.g. one fitting set shared by several K. Not together
+        with ``max_points``. A set of at most a quarter of the rows is gathered
+        into memory once; a larger one is gathered chunk by chunk at every pass.
 
     Returns
     -------
@@ -475,8 +494,13 @@ def fit_kmeans(
     if chunk_rows < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
 
+    if rows is not None and max_points is not None:
+        raise ValueError("give either max_points or rows, not both")
     generator = torch.Generator().manual_seed(int(seed))
-    indices = _subsample(n_total, max_points, generator)
+    if rows is not None:
+        indices = _fitting_rows(n_total, rows)
+    else:
+        indices = _subsample(n_total, max_points, generator)
     source = _RowSource(features, dev, chunk_rows, indices)
     n_fit = source.n_rows
     if n_clusters > n_fit:

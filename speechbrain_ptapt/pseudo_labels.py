@@ -7,8 +7,10 @@ Three stages, each writing files the next one reads, each rerunnable alone:
    manifest and appends its frames to ``features/features.npy`` (read back
    memory-mapped), with ``features/index.json`` (ids, frames and samples per
    utterance).
-2. :func:`fit_codebooks` learns one k-means codebook per K on up to
-   ``1000 * K`` sampled frames (``kmeans_<K>.npy``).
+2. :func:`fit_codebooks` learns one k-means codebook per K (``kmeans_<K>.npy``),
+   every K on the same fitting set of up to ``1000 * max(K)`` frames (whole
+   utterances, as the authors' code; :func:`shared_fitting_rows`), or
+   optionally each K on its own ``1000 * K`` randomly sampled frames.
 3. :func:`write_labels` assigns every frame to its nearest centroid and writes
    ``labels.npy`` (total wav2vec2 frames, number of K) with ``index.json``,
    plus ``diagnostics.json`` / ``diagnostics.md`` (cluster usage, purity and
@@ -72,6 +74,9 @@ KMEANS_RECORD_FILE = "kmeans.json"
 DIAGNOSTICS_JSON = "diagnostics.json"
 DIAGNOSTICS_MD = "diagnostics.md"
 FRAME_MODEL_FILES = ("frame_model.ckpt", "frame_model.json")
+#: Values of ``fit_set`` (yaml ``kmeans_fit_set``): ``"shared"``, one fitting set for
+#: every K as the authors' code; ``"per_k"``, each K on its own random frames.
+KMEANS_FIT_SETS = ("shared", "per_k")
 
 # Size of the .npy header of a feature dump: fixed, so the final shape can be
 # written over the provisional one without moving the data.
@@ -523,9 +528,16 @@ def codebook_fingerprint(
     max_points_per_cluster: int,
     seed: int,
     init: str = "random",
+    fit_frames: int | str | None = None,
 ) -> dict[str, Any]:
-    """What the codebook of one K depends on (``init`` only when not the default,
-    so codebooks made before the option existed keep their fingerprint)."""
+    """What the codebook of one K depends on.
+
+    ``fit_frames`` describes a shared fitting set (:func:`shared_fitting_rows`):
+    ``"all"`` when it holds every frame, else its size limit in frames; None means
+    the per-K random sample. ``init`` and ``fit_frames`` enter only when not
+    ``"random"`` / None, so per-K codebooks made before the options existed keep
+    their fingerprint.
+    """
     fingerprint = {
         "features": dump.fingerprint,
         "n_clusters": int(n_clusters),
@@ -535,7 +547,52 @@ def codebook_fingerprint(
     }
     if init != "random":
         fingerprint["init"] = init
+    if fit_frames is not None:
+        fingerprint["fit_set"] = "shared"
+        fingerprint["fit_frames"] = fit_frames
     return fingerprint
+
+
+def shared_fitting_rows(lengths: Sequence[int], max_frames: int, seed: int) -> np.ndarray | None:
+    """The one k-means fitting set shared by every K: whole utterances in a seeded
+    random order, taken until the next one would exceed ``max_frames`` frames.
+
+    This is how the authors' ``cluster.py`` fills its buffer of ``1000 * max(K)``
+    frames (``cluster.py:76, 79-101``): utterances come from a shuffled DataLoader
+    and each contributes ``sample_ratio`` of its frames, 1.0 in their IEMOCAP
+    script (``bin/run_exp_iemocap.sh:8``), i.e. all of them; the loop stops at the
+    first utterance that does not fit. The buffer holds every frame of IEMOCAP (about
+    1 M frames of a fold's training sessions against 4 096 000) and of SAVEE.
+
+    Arguments
+    ---------
+    lengths : sequence of int
+        Frames of each utterance, in the order of their rows in the features.
+    max_frames : int
+        Size limit of the set in frames (``1000 * max(K)``).
+    seed : int
+        Seed of the utterance order.
+
+    Returns
+    -------
+    np.ndarray or None
+        Sorted int64 row ids of the set, or None when it holds every frame.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if int(lengths.sum()) <= max_frames:
+        return None
+    order = np.random.default_rng(int(seed)).permutation(lengths.size)
+    taken = int(np.searchsorted(np.cumsum(lengths[order]), max_frames, side="right"))
+    if taken == 0:
+        raise ValueError(
+            f"The k-means fitting set of {max_frames} frames cannot hold a whole utterance "
+            f"(the first one drawn has {int(lengths[order[0]])} frames)."
+        )
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    utterances = np.sort(order[:taken])
+    return np.concatenate(
+        [np.arange(offsets[u], offsets[u] + lengths[u], dtype=np.int64) for u in utterances]
+    )
 
 
 def _as_numpy(array: Any) -> np.ndarray:
@@ -553,14 +610,19 @@ def fit_codebooks(
     device: str | torch.device | None = None,
     out_folder: str | Path | None = None,
     init: str = "random",
+    fit_set: str = "shared",
 ) -> dict[int, np.ndarray]:
     """Learns one k-means codebook per K on the dumped features.
 
-    Each K is fitted by :func:`speechbrain_ptapt.kmeans.fit_kmeans` on at most
-    ``max_points_per_cluster * K`` frames sampled from the dump (the original
-    faiss setup) and saved as ``out_folder/kmeans_<K>.npy``; ``kmeans.json``
-    records each codebook's fingerprint and inertia, and a codebook whose
-    fingerprint matches is loaded instead of refitted.
+    Each K is fitted by :func:`speechbrain_ptapt.kmeans.fit_kmeans` and saved as
+    ``out_folder/kmeans_<K>.npy``; ``kmeans.json`` records each codebook's
+    fingerprint, fitting frames and inertia, and a codebook whose fingerprint
+    matches is loaded instead of refitted. The fitting frames are, with
+    ``fit_set="shared"`` (the authors' code), one set of whole utterances of at
+    most ``max_points_per_cluster * max(K)`` frames shared by every K
+    (:func:`shared_fitting_rows`; every frame when they fit, read chunk by chunk
+    from the memory-mapped dump); with ``"per_k"``, at most
+    ``max_points_per_cluster * K`` frames drawn at random for each K.
 
     Arguments
     ---------
@@ -571,7 +633,7 @@ def fit_codebooks(
     n_iter : int
         k-means iterations.
     max_points_per_cluster : int
-        Frames sampled per centroid.
+        Fitting frames per centroid (of the largest K with ``fit_set="shared"``).
     seed : int
         Seed of the sampling and initialisation (same seed, same codebook).
     device : str or torch.device, optional
@@ -581,12 +643,22 @@ def fit_codebooks(
     init : str
         k-means seeding: ``"random"`` (uniform, as faiss and the authors' code) or
         ``"k-means++"`` (see :func:`speechbrain_ptapt.kmeans.fit_kmeans`).
+    fit_set : str
+        ``"shared"`` or ``"per_k"`` (see above and :data:`KMEANS_FIT_SETS`).
 
     Returns
     -------
     dict
         K -> (K, dim) float32 centroids.
     """
+    if fit_set not in KMEANS_FIT_SETS:
+        raise ValueError(f"fit_set must be one of {KMEANS_FIT_SETS}, got {fit_set!r}")
+    shared: np.ndarray | None = None
+    fit_frames: int | str | None = None
+    if fit_set == "shared":
+        max_frames = max_points_per_cluster * max(int(k) for k in n_clusters)
+        shared = shared_fitting_rows(dump.lengths, max_frames, seed)
+        fit_frames = "all" if shared is None else max_frames
     out_folder = Path(out_folder) if out_folder is not None else dump.folder.parent
     out_folder.mkdir(parents=True, exist_ok=True)
     record_path = out_folder / KMEANS_RECORD_FILE
@@ -599,35 +671,44 @@ def fit_codebooks(
                 f"Cannot fit {k} clusters on {dump.num_frames} frames: use a smaller K "
                 "or more training data."
             )
-        fingerprint = codebook_fingerprint(dump, k, n_iter, max_points_per_cluster, seed, init)
+        fingerprint = codebook_fingerprint(
+            dump, k, n_iter, max_points_per_cluster, seed, init, fit_frames
+        )
         path = out_folder / f"kmeans_{k}.npy"
         entry = record.get(str(k))
         if entry is not None and entry["fingerprint"] == fingerprint and path.is_file():
             logger.info("k-means codebook K=%d in %s is up to date, reusing it.", k, path)
             codebooks[k] = np.load(path)
             continue
+        if fit_set == "shared":
+            n_fit = dump.num_frames if shared is None else int(shared.size)
+            sampling = {"rows": shared}
+        else:
+            n_fit = min(max_points_per_cluster * k, dump.num_frames)
+            sampling = {"max_points": max_points_per_cluster * k}
+        if n_fit < k:
+            raise ValueError(
+                f"Cannot fit {k} clusters on the {n_fit} frames of the k-means fitting set: "
+                "raise max_points_per_cluster (kmeans_points_per_cluster)."
+            )
         logger.info(
-            "Fitting k-means K=%d on up to %d of %d frames (%d iterations, %s seeding).",
+            "Fitting k-means K=%d on %d of %d frames (%s set, %d iterations, %s seeding).",
             k,
-            max_points_per_cluster * k,
+            n_fit,
             dump.num_frames,
+            fit_set,
             n_iter,
             init,
         )
         result = fit_kmeans(
-            dump.features,
-            k,
-            n_iter=n_iter,
-            max_points=max_points_per_cluster * k,
-            seed=seed,
-            device=device,
-            init=init,
+            dump.features, k, n_iter=n_iter, seed=seed, device=device, init=init, **sampling
         )
         centroids = _as_numpy(result.centroids)
         with atomic_write(path, "wb") as handle:
             np.save(handle, centroids)
         record[str(k)] = {
             "fingerprint": fingerprint,
+            "fit_frames": n_fit,
             "inertia": float(result.inertia),
             "n_iter": int(result.n_iter),
         }
@@ -872,11 +953,15 @@ def labels_fingerprint(
     max_points_per_cluster: int,
     wav2vec2_config: Wav2Vec2Config,
     init: str = "random",
+    fit_set: str = "shared",
 ) -> dict[str, Any]:
     """What a labels folder depends on: the feature dump's fingerprint (manifest,
-    phase-1 model, sampling rate), the k-means settings (``init`` only when not
-    the default) and wav2vec2's frame geometry."""
-    extra = {} if init == "random" else {"init": init}
+    phase-1 model, sampling rate), the k-means settings (``init`` and ``fit_set``
+    only when not ``"random"`` / ``"per_k"``, the settings before these options
+    existed) and wav2vec2's frame geometry."""
+    extra: dict[str, Any] = {} if init == "random" else {"init": init}
+    if fit_set != "per_k":
+        extra["fit_set"] = fit_set
     return {
         **extra,
         "format": FORMAT_VERSION,
@@ -938,14 +1023,15 @@ def prepare_pseudo_labels(
     sample_rate: int = 16000,
     keep_features: bool = True,
     init: str = "random",
+    fit_set: str = "shared",
 ) -> Path:
     """Pseudo-labels of every utterance of a manifest, recomputed only when stale.
 
     ``out_folder`` receives the labels (:func:`write_labels`), the codebooks
     (:func:`fit_codebooks`) and the feature dump in ``out_folder/features``
     (:func:`dump_features`). Finished labels whose ``fingerprint.json`` matches
-    (same manifest content, phase-1 weights, K list, seed, iterations, sampling
-    rate and wav2vec2 frame geometry) are reused without loading the model;
+    (same manifest content, phase-1 weights, K list, seed, iterations, fitting
+    set, sampling rate and wav2vec2 frame geometry) are reused without loading the model;
     otherwise the stale labels are deleted and recomputed, the features too when
     the manifest or the model changed, and codebooks are refitted only for the K
     whose inputs changed.
@@ -971,7 +1057,7 @@ def prepare_pseudo_labels(
     n_iter : int
         k-means iterations.
     max_points_per_cluster : int
-        Frames sampled per centroid for k-means.
+        k-means fitting frames per centroid (of the largest K with the shared set).
     batch_size : int
         Utterances per phase-1 forward pass.
     device : str or torch.device
@@ -983,6 +1069,10 @@ def prepare_pseudo_labels(
         other K without rerunning the model).
     init : str
         k-means seeding, ``"random"`` (the authors' faiss set-up) or ``"k-means++"``.
+    fit_set : str
+        k-means fitting frames: ``"shared"`` (one set of up to
+        ``max_points_per_cluster * max(K)`` frames for every K, the authors' code) or
+        ``"per_k"`` (see :func:`fit_codebooks`).
 
     Returns
     -------
@@ -993,11 +1083,13 @@ def prepare_pseudo_labels(
         raise ValueError("wav2vec2_config is needed to align the labels to wav2vec2's frames.")
     if len(set(int(k) for k in n_clusters)) != len(list(n_clusters)):
         raise ValueError(f"n_clusters has repeated values: {list(n_clusters)}.")
+    if fit_set not in KMEANS_FIT_SETS:
+        raise ValueError(f"fit_set must be one of {KMEANS_FIT_SETS}, got {fit_set!r}")
     out_folder = Path(out_folder)
     features_folder = out_folder / FEATURES_SUBFOLDER
     feat_fp = features_fingerprint(manifest, frame_model, sample_rate, batch_size)
     fingerprint = labels_fingerprint(
-        feat_fp, n_clusters, seed, n_iter, max_points_per_cluster, wav2vec2_config, init
+        feat_fp, n_clusters, seed, n_iter, max_points_per_cluster, wav2vec2_config, init, fit_set
     )
     if labels_are_fresh(out_folder, fingerprint):
         logger.info("Pseudo-labels in %s are up to date, reusing them.", out_folder)
@@ -1037,6 +1129,7 @@ def prepare_pseudo_labels(
         device=device,
         out_folder=out_folder,
         init=init,
+        fit_set=fit_set,
     )
     write_labels(dump, codebooks, out_folder, wav2vec2_config, device=device, fingerprint=None)
     write_json(out_folder / FINGERPRINT_FILE, fingerprint)

@@ -366,6 +366,7 @@ def run_ptapt_stage(
         max_points_per_cluster=int(hparams["kmeans_points_per_cluster"]),
         device=pseudo_label_device(hparams, run_opts),
         init=hparams["kmeans_init"],
+        fit_set=hparams["kmeans_fit_set"],
     )
     run_on_main(prepare_pseudo_labels, kwargs=labels_kwargs)
     labels_folder = prepare_pseudo_labels(**labels_kwargs)

@@ -29,7 +29,7 @@ from speechbrain_ptapt import pseudo_labels
 from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
 from speechbrain_ptapt.iemocap import prepare_iemocap
-from speechbrain_ptapt.kmeans import assign_clusters
+from speechbrain_ptapt.kmeans import assign_clusters, fit_kmeans
 from speechbrain_ptapt.pseudo_labels import (
     IGNORE_INDEX,
     FeatureDump,
@@ -535,6 +535,129 @@ def test_recipe_script_prepares_a_folds_labels(
     assert sorted(store.ids) == sorted(json.loads(odd_manifest.read_text()))
     fingerprint = json.loads((out / "fingerprint.json").read_text())
     assert fingerprint["seed"] == 1
+    assert fingerprint["fit_set"] == "shared"  # the authors' k-means fitting set by default
     assert fingerprint["frame_geometry"]["hop_samples"] == HOP
     assert fingerprint["frame_geometry"]["receptive_field_samples"] == 400
     assert {"kmeans_2.npy", "kmeans_3.npy", "diagnostics.md"} <= {p.name for p in out.iterdir()}
+
+
+# ----------------------------------------------------------------------------
+# The k-means fitting set
+# ----------------------------------------------------------------------------
+
+
+def _synthetic_dump(folder: Path, lengths: list[int], dim: int = 4) -> FeatureDump:
+    """A finished dump of random features: utterance ``u`` has ``lengths[u]`` frames."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(folder / pseudo_labels.FEATURES_FILE, rng.standard_normal((sum(lengths), dim)))
+    ids = [f"utt{i}" for i in range(len(lengths))]
+    return FeatureDump(
+        folder=folder,
+        ids=ids,
+        lengths=np.asarray(lengths, dtype=np.int64),
+        num_samples=np.asarray(lengths, dtype=np.int64) * HOP,
+        emotions=["neu"] * len(ids),
+        dim=dim,
+        fingerprint={"synthetic": len(ids)},
+    )
+
+
+class _FitSpy:
+    """Wraps ``fit_kmeans`` in the module, recording the rows each K was fitted on."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.rows: dict[int, np.ndarray | None] = {}
+        self.function = pseudo_labels.fit_kmeans
+        monkeypatch.setattr(pseudo_labels, "fit_kmeans", self)
+
+    def __call__(self, features, n_clusters, **kwargs):
+        rows = kwargs.get("rows")
+        self.rows[n_clusters] = None if rows is None else np.asarray(rows)
+        return self.function(features, n_clusters, **kwargs)
+
+
+# 40 utterances of 100..294 frames: 7880 frames.
+UTTERANCE_FRAMES = [100 + 5 * i for i in range(40)]
+
+
+def test_every_k_is_fitted_on_all_frames_when_they_fit_the_shared_set(tmp_path):
+    dump = _synthetic_dump(tmp_path / "features", UTTERANCE_FRAMES)
+    assert 1000 * 2 < dump.num_frames <= 1000 * 8
+    codebooks = fit_codebooks(dump, [2, 8], n_iter=4, seed=3, out_folder=tmp_path)
+    # 1000 * max(K) frames hold every frame: each K is the k-means of all of them
+    # (per-K sampling would fit K = 2 on 2000 of the 7880).
+    for k in (2, 8):
+        whole = fit_kmeans(dump.features, k, n_iter=4, seed=3)
+        assert np.array_equal(codebooks[k], whole.centroids), k
+    record = json.loads((tmp_path / pseudo_labels.KMEANS_RECORD_FILE).read_text())
+    assert [record[k]["fit_frames"] for k in ("2", "8")] == [dump.num_frames] * 2
+    assert record["2"]["fingerprint"]["fit_set"] == "shared"
+    assert record["2"]["fingerprint"]["fit_frames"] == "all"
+
+
+def test_a_capped_shared_set_is_one_set_of_whole_utterances_for_every_k(
+    tmp_path, monkeypatch
+):
+    dump = _synthetic_dump(tmp_path / "features", UTTERANCE_FRAMES)
+    spy = _FitSpy(monkeypatch)
+    per_centroid = 300  # 300 * max(K) = 2400 of the 7880 frames
+    codebooks = fit_codebooks(
+        dump, [2, 8], n_iter=4, max_points_per_cluster=per_centroid, seed=3, out_folder=tmp_path
+    )
+    shared = spy.rows[2]
+    assert shared is not None and np.array_equal(spy.rows[8], shared)
+    assert 2400 - max(UTTERANCE_FRAMES) < shared.size <= 2400
+    # Whole utterances: each one is in the set with all its frames or not at all.
+    taken = np.isin(np.arange(dump.num_frames), shared)
+    per_utterance = np.split(taken, np.cumsum(dump.lengths)[:-1])
+    assert all(part.all() or not part.any() for part in per_utterance)
+    for k in (2, 8):
+        subset = fit_kmeans(np.asarray(dump.features)[shared], k, n_iter=4, seed=3)
+        assert np.array_equal(codebooks[k], subset.centroids), k
+    # Seeded: the same seed draws the same utterances, another seed others.
+    assert np.array_equal(pseudo_labels.shared_fitting_rows(dump.lengths, 2400, 3), shared)
+    other = pseudo_labels.shared_fitting_rows(dump.lengths, 2400, 4)
+    assert not np.array_equal(other, shared)
+    # Every frame fits: no subset at all.
+    assert pseudo_labels.shared_fitting_rows(dump.lengths, dump.num_frames, 3) is None
+
+
+def test_per_k_fit_set_samples_each_k_on_its_own(tmp_path, monkeypatch):
+    dump = _synthetic_dump(tmp_path / "features", UTTERANCE_FRAMES)
+    spy = _FitSpy(monkeypatch)
+    codebooks = fit_codebooks(
+        dump, [2, 8], n_iter=4, seed=3, out_folder=tmp_path, fit_set="per_k"
+    )
+    assert spy.rows == {2: None, 8: None}
+    sampled = fit_kmeans(dump.features, 2, n_iter=4, seed=3, max_points=2000)
+    assert np.array_equal(codebooks[2], sampled.centroids)
+    record = json.loads((tmp_path / pseudo_labels.KMEANS_RECORD_FILE).read_text())
+    assert [record[k]["fit_frames"] for k in ("2", "8")] == [2000, dump.num_frames]
+    # The per-K codebooks keep the fingerprint they had before the option existed.
+    assert "fit_set" not in record["2"]["fingerprint"]
+    with pytest.raises(ValueError, match="fit_set"):
+        fit_codebooks(dump, [2], out_folder=tmp_path, fit_set="each")
+
+
+def test_changing_the_fit_set_refits_the_codebooks_and_relabels(
+    tmp_path, odd_manifest, config, monkeypatch
+):
+    out = tmp_path / "labels"
+    settings = {"wav2vec2_config": config, "n_iter": 3, "seed": 0, "n_clusters": [2, 3]}
+    # 70 frames per centroid: per K 140 and all 200 frames, shared all 200.
+    settings["max_points_per_cluster"] = 70
+    model = StandInFrameModel(seed=0)
+    prepare_pseudo_labels(model, odd_manifest, out, **settings)
+    assert json.loads((out / "fingerprint.json").read_text())["fit_set"] == "shared"
+
+    dump = _Spy(monkeypatch, "dump_features")
+    kmeans = _Spy(monkeypatch, "fit_kmeans")
+    labels = _Spy(monkeypatch, "write_labels")
+    prepare_pseudo_labels(model, odd_manifest, out, fit_set="per_k", **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 2, 1)
+    assert "fit_set" not in json.loads((out / "fingerprint.json").read_text())
+    prepare_pseudo_labels(model, odd_manifest, out, fit_set="per_k", **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 2, 1)
+    prepare_pseudo_labels(model, odd_manifest, out, **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 4, 2)

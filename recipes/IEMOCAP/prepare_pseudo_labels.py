@@ -7,7 +7,7 @@ Writes into ``--out``: ``labels.npy`` + ``index.json`` (read by
 ``diagnostics.json`` / ``diagnostics.md`` (cluster usage, purity, NMI against
 emotion), ``fingerprint.json`` and the feature dump in ``features/``. Rerunning
 with the same inputs does nothing; a changed manifest, phase-1 checkpoint, K
-list, seed or backbone geometry recomputes what depends on it, and an
+list, seed, k-means setting or backbone geometry recomputes what depends on it, and an
 interrupted feature dump resumes.
 
 Run (once per fold, on the fold's training manifest)::
@@ -60,7 +60,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         "--max_points_per_cluster",
         type=int,
         default=1000,
-        help="frames sampled per centroid to fit k-means",
+        help="k-means fitting frames per centroid (of the largest K with --fit_set shared)",
+    )
+    parser.add_argument(
+        "--fit_set",
+        default="shared",
+        choices=["shared", "per_k"],
+        help="k-means fitting frames: shared, one set of whole utterances of up to "
+        "max_points_per_cluster * max(K) frames for every K (the authors' cluster.py); "
+        "per_k, max_points_per_cluster * K random frames for each K",
     )
     parser.add_argument("--batch_size", type=int, default=1, help="utterances per forward pass")
     parser.add_argument(
@@ -94,6 +102,7 @@ def main(argv: list[str]) -> None:
         sample_rate=args.sample_rate,
         keep_features=not args.drop_features,
         init=args.init,
+        fit_set=args.fit_set,
     )
     print(folder)
 
