@@ -156,6 +156,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "frame_encoder": ("wav2vec1", "w2v2_cnn"),
     "outlier_reference": ("all", "others"),
     "kmeans_init": ("random", "k-means++"),
+    "train_crop": ("first", "random"),
 }
 
 #: List settings that also accept a single value (``--folds=5``).
@@ -293,6 +294,9 @@ def _range_problem(key: str, value: Any) -> str | None:
             return "a list of distinct K, e.g. [64, 512, 4096]"
     if key in SCALAR_OR_LIST and isinstance(value, list) and not value:
         return "at least one fold"
+    revision_ok = value is None or (isinstance(value, str) and value.strip() != "")
+    if key == "wav2vec2_revision" and not revision_ok:
+        return "a hub revision (branch, tag or commit hash), or null for the latest"
     return None
 
 
