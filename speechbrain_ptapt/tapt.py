@@ -566,9 +566,11 @@ class TAPTBrain(sb.Brain):
 #: says otherwise: the authors train all stages with PyTorch Lightning's
 #: ``precision=16``, ``amp_backend='native'`` (FT-w2v2-ser bin/run_exp_iemocap.sh:6,9,14,
 #: bin/run_exp_iemocap_baseline.sh:6,10, bin/run_exp_iemocap_vft.sh:8;
-#: run_downstream_custom_multiple_fold.py:55-56): fp16 autocast with a gradient scaler,
-#: Lightning 1.4's native AMP autocasting the validation and test steps too. The paper
-#: does not say.
+#: run_downstream_custom_multiple_fold.py:56-57): fp16 autocast with a gradient scaler,
+#: pytorch-lightning 1.4.5's native AMP plugin (docker/Dockerfile) autocasting the
+#: validation and test steps too. Pseudo-labelling is no Brain and stays fp32, as the
+#: authors' cluster.py (bin/run_exp_iemocap.sh:8 passes no --precision). The paper does
+#: not say.
 CUDA_DEFAULT_PRECISION = "fp16"
 
 
