@@ -35,15 +35,45 @@ def random_crop(sig: torch.Tensor, max_samples: int | None) -> tuple[torch.Tenso
     return sig[start : start + max_samples], start
 
 
-def audio_pipeline(sample_rate: int = 16000, max_seconds: float | None = None):
-    """A dynamic item reading ``wav`` into ``sig``: mono, ``sample_rate`` Hz,
-    randomly cropped to ``max_seconds`` when given (training), whole otherwise."""
+def first_crop(sig: torch.Tensor, max_samples: int | None) -> tuple[torch.Tensor, int]:
+    """Keeps the first ``max_samples`` samples of ``sig`` (all of it when shorter or
+    when ``max_samples`` is None), as the authors' fine-tuning collate does
+    (FT-w2v2-ser ``downstream/Custom/dataloader.py:28-33``). Returns the crop and its
+    start offset (always 0), like :func:`random_crop`; draws no random numbers."""
+    if max_samples is None:
+        return sig, 0
+    return sig[:max_samples], 0
+
+
+#: How a training utterance longer than its crop length is cut (yaml ``train_crop``).
+CROPS = {"first": first_crop, "random": random_crop}
+
+
+def audio_pipeline(
+    sample_rate: int = 16000, max_seconds: float | None = None, crop: str = "random"
+):
+    """A dynamic item reading ``wav`` into ``sig``: mono, ``sample_rate`` Hz, cut to
+    ``max_seconds`` when given (training), whole otherwise.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Sampling rate the audio is converted to, in Hz.
+    max_seconds : float, optional
+        Longest crop in seconds; None reads whole files.
+    crop : str
+        A key of :data:`CROPS`: ``"random"`` (a random window each time the file is
+        read) or ``"first"`` (its first ``max_seconds``).
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {sorted(CROPS)}, got {crop!r}")
+    cut = CROPS[crop]
     max_samples = None if max_seconds is None else int(round(max_seconds * sample_rate))
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def read(wav: str) -> torch.Tensor:
-        return random_crop(load_audio(wav, sample_rate), max_samples)[0]
+        return cut(load_audio(wav, sample_rate), max_samples)[0]
 
     return read
 
@@ -106,6 +136,7 @@ def emotion_dataset(
     sample_rate: int = 16000,
     max_seconds: float | None = None,
     sort: bool = False,
+    crop: str = "random",
 ) -> DynamicItemDataset:
     """A DynamicItemDataset of a manifest providing ``id``, ``sig`` and ``emo_encoded``.
 
@@ -118,14 +149,16 @@ def emotion_dataset(
     sample_rate : int
         Sampling rate the audio is converted to, in Hz.
     max_seconds : float, optional
-        Random crops of at most this length (training); None reads whole files.
+        Crops of at most this length (training); None reads whole files.
     sort : bool
         Sort by ascending duration (efficient evaluation batches).
+    crop : str
+        Where a longer file is cut: ``"random"`` or ``"first"`` (see :data:`CROPS`).
     """
     dataset = DynamicItemDataset.from_json(str(manifest))
     if sort:
         dataset = dataset.filtered_sorted(sort_key="duration")
-    dataset.add_dynamic_item(audio_pipeline(sample_rate, max_seconds))
+    dataset.add_dynamic_item(audio_pipeline(sample_rate, max_seconds, crop))
     dataset.add_dynamic_item(label_pipeline(encoder))
     dataset.set_output_keys(["id", "sig", "emo_encoded"])
     return dataset

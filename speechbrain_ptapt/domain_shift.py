@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from speechbrain_ptapt.audio import load_audio
+from speechbrain_ptapt.backbone import AUTHORS_WAV2VEC2_REVISION
 from speechbrain_ptapt.tapt import Wav2Vec2Pretraining
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def pretraining_loss(
     device: str = "cpu",
     save_path: str | None = None,
     progress: bool = True,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """wav2vec2's pretraining loss of a backbone on a list of audio files.
 
@@ -96,6 +98,8 @@ def pretraining_loss(
         Cache folder for hub downloads.
     progress : bool
         Show a progress bar.
+    revision : str, optional
+        Hub revision when ``model_or_source`` is a hub id (ignored for a folder).
 
     Returns
     -------
@@ -115,7 +119,7 @@ def pretraining_loss(
         model, backbone = model_or_source, model_or_source.source
     else:
         backbone = str(model_or_source)
-        model = Wav2Vec2Pretraining(backbone, save_path=save_path)
+        model = Wav2Vec2Pretraining(backbone, save_path=save_path, revision=revision)
     was_training = model.training
     model.eval()
     model.to(device)
@@ -174,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save_path", default=None, help="cache folder for hub downloads")
     parser.add_argument(
+        "--wav2vec2_revision", default=AUTHORS_WAV2VEC2_REVISION,
+        help="hub revision of a hub id (default: the authors' facebook/wav2vec2-base commit; "
+        "ignored for a local folder)",
+    )
+    parser.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="FILE",
         help="also write the result as JSON to FILE (stdout when no FILE is given)",
     )
@@ -188,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = pretraining_loss(
         args.wav2vec2_hub, files, batch_size=args.batch_size, seed=args.seed,
         max_seconds=args.max_seconds, device=args.device, save_path=args.save_path,
-        progress=not args.no_progress,
+        progress=not args.no_progress, revision=args.wav2vec2_revision,
     )
     result["data"] = str(args.data)
     print(

@@ -265,10 +265,11 @@ def load_run(source: str | Path, run: str | None = None) -> RunToExport:
     )
 
 
-def load_backbone_config(source: str, cache: str | None = None):
+def load_backbone_config(source: str, cache: str | None = None, revision: str | None = None):
     """The backbone's transformers config and preprocessor settings, from a local
     folder or from the hub cache the recipe downloaded it into (the network is
-    used only when the cache lacks it)."""
+    used only when the cache lacks it); ``revision`` is the hub revision the run
+    loaded (its yaml's ``wav2vec2_revision``; ignored for a folder)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
     from speechbrain_ptapt.backbone import (
@@ -277,17 +278,18 @@ def load_backbone_config(source: str, cache: str | None = None):
         load_pretrained,
     )
 
+    offline = {"local_files_only": True}
     try:
         if Path(source).is_dir():
             return load_pretrained(Wav2Vec2Config, source), load_feature_extractor(source)
         try:
             return (
-                load_pretrained(Wav2Vec2Config, source, cache, local_files_only=True),
-                load_pretrained(Wav2Vec2FeatureExtractor, source, cache, local_files_only=True),
+                load_pretrained(Wav2Vec2Config, source, cache, revision, **offline),
+                load_pretrained(Wav2Vec2FeatureExtractor, source, cache, revision, **offline),
             )
         except BackboneLoadError:
-            return load_pretrained(Wav2Vec2Config, source, cache), load_feature_extractor(
-                source, cache
+            return load_pretrained(Wav2Vec2Config, source, cache, revision), load_feature_extractor(
+                source, cache, revision
             )
     except BackboneLoadError as err:
         raise ExportError(f"Cannot read the run's backbone configuration: {err}") from err
@@ -619,7 +621,9 @@ def export_run(
         copy_backbone(info.adapted_backbone, partial)
         (partial / CARD_FILE).write_text(backbone_card(info), encoding="utf-8")
     else:
-        config, feature_extractor = load_backbone_config(info.backbone, info.hub_cache)
+        config, feature_extractor = load_backbone_config(
+            info.backbone, info.hub_cache, info.settings.get("wav2vec2_revision")
+        )
         classes = [str(c) for c in info.result.get("classes") or []]
         label_file = info.run_folder / LABEL_ENCODER_FILE
         if not classes:

@@ -51,6 +51,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2FeatureEncoder
 
 from speechbrain_ptapt.backbone import (
+    hub_revision,
     load_feature_extractor,
     load_pretrained,
     normalize_waveforms,
@@ -833,6 +834,7 @@ def build_frame_model(
     head_dim: int = 128,
     cnn_aggregator_layers: int = 3,
     cnn_aggregator_kernel: int = 5,
+    wav2vec2_revision: str | None = None,
 ) -> FrameEmotionModel:
     """A phase-1 model with pretrained encoder weights (the yaml's ``frame_model``).
 
@@ -858,6 +860,8 @@ def build_frame_model(
         (128).
     cnn_aggregator_layers, cnn_aggregator_kernel : int
         Shape of the ``w2v2_cnn`` aggregator.
+    wav2vec2_revision : str, optional
+        Hub revision of ``wav2vec2_hub`` when it is a hub id (ignored for a folder).
 
     Returns
     -------
@@ -878,9 +882,11 @@ def build_frame_model(
     elif frame_encoder == "w2v2_cnn":
         if wav2vec2_hub is None:
             raise ValueError("frame_encoder 'w2v2_cnn' needs wav2vec2_hub")
-        wav2vec2 = load_pretrained(Wav2Vec2Model, str(wav2vec2_hub), wav2vec2_folder)
+        wav2vec2 = load_pretrained(
+            Wav2Vec2Model, str(wav2vec2_hub), wav2vec2_folder, wav2vec2_revision
+        )
         preprocessor: Wav2Vec2FeatureExtractor = load_feature_extractor(
-            str(wav2vec2_hub), wav2vec2_folder
+            str(wav2vec2_hub), wav2vec2_folder, wav2vec2_revision
         )
         encoder = Wav2Vec2CNNFrameEncoder(
             wav2vec2.feature_extractor,
@@ -1455,6 +1461,10 @@ def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) ->
     for key in ("wav2vec1_checkpoint", "wav2vec2_hub"):
         if settings.get(key) is not None:
             settings[key] = str(settings[key])
+    if encoder == "w2v2_cnn":  # a hub id's revision defines its weights; a folder has none
+        revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
+        if revision is not None:
+            settings["wav2vec2_revision"] = revision
     settings["classes"] = list(settings["classes"])
     settings["train_manifest"] = labelled_manifest_digest(train_manifest)
     return json.loads(json.dumps(settings))

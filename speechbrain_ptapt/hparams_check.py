@@ -159,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kmeans_fit_set": ("shared", "per_k"),
     "frame_select_by": ("valid_loss", "valid_ua"),
     "frame_valid_crop": ("shortest", "none"),
+    "train_crop": ("first", "random"),
 }
 
 #: Gumbel-softmax temperatures: a number greater than 0, or fairseq's anneal
@@ -320,6 +321,9 @@ def _range_problem(key: str, value: Any) -> str | None:
         return "epoch or an integer of at least 1 (optimizer steps)"
     if key in SCALAR_OR_LIST and isinstance(value, list) and not value:
         return "at least one fold"
+    revision_ok = value is None or (isinstance(value, str) and value.strip() != "")
+    if key == "wav2vec2_revision" and not revision_ok:
+        return "a hub revision (branch, tag or commit hash), or null for the latest"
     return None
 
 

@@ -26,7 +26,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_m
 from speechbrain.utils.seed import seed_everything
 from torch import nn
 
-from speechbrain_ptapt.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.backbone import Wav2Vec2Backbone, hub_revision, load_pretrained
 from speechbrain_ptapt.dataio import duration_step_batches
 from speechbrain_ptapt.distributed import unwrap, world_size
 from speechbrain_ptapt.masking import TimeMask
@@ -304,6 +304,9 @@ def ptapt_fingerprint(
     """The settings, training data and pseudo-labels that define a fold's phase 2."""
     settings = {key: hparams[key] for key in FINGERPRINT_KEYS}
     settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
+    revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
+    if revision is not None:  # a local folder has no revision
+        settings["wav2vec2_revision"] = revision
     settings["n_clusters"] = [int(k) for k in settings["n_clusters"]]
     settings["train_manifest"] = manifest_digest(train_manifest)
     with open(Path(labels_folder) / "fingerprint.json", encoding="utf-8") as f:
@@ -352,8 +355,11 @@ def run_ptapt_stage(
 
     frame_folder = run_frame_stage(fold, hparams_file, overrides, run_opts, train_only)
 
-    backbone_config = Wav2Vec2Config.from_pretrained(
-        str(hparams["wav2vec2_hub"]), cache_dir=hparams["wav2vec2_folder"]
+    backbone_config = load_pretrained(
+        Wav2Vec2Config,
+        str(hparams["wav2vec2_hub"]),
+        hparams["wav2vec2_folder"],
+        hparams.get("wav2vec2_revision"),
     )
     labels_kwargs = dict(
         frame_model=frame_folder,
@@ -418,11 +424,16 @@ def build_ptapt_model(
     time_mask_min_masks: int = 2,
     head_dim: int = 256,
     layerdrop: float | None = None,
+    revision: str | None = None,
 ) -> PseudoLabelPretraining:
-    """The phase-2 model: wav2vec2 from ``source`` (CNN encoder and feature
-    projection frozen) and one pseudo-label head per K."""
+    """The phase-2 model: wav2vec2 from ``source`` (at hub ``revision`` for a hub id;
+    CNN encoder and feature projection frozen) and one pseudo-label head per K."""
     backbone = Wav2Vec2Backbone(
-        source, save_path=save_path, freeze_feature_encoder=True, layerdrop=layerdrop
+        source,
+        save_path=save_path,
+        freeze_feature_encoder=True,
+        layerdrop=layerdrop,
+        revision=revision,
     )
     time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks)
     return PseudoLabelPretraining(backbone, n_clusters, time_mask, head_dim)

@@ -50,6 +50,7 @@ from transformers import Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _sample_negative_indices
 
 from speechbrain_ptapt.backbone import (
+    hub_revision,
     load_feature_extractor,
     load_pretrained,
     normalize_waveforms,
@@ -255,6 +256,8 @@ class Wav2Vec2Pretraining(nn.Module):
     diversity_scaling : str
         ``unscaled`` (transformers 4.10) or ``per_masked_frame`` (fairseq,
         transformers 5): see :attr:`PretrainingLoss.diversity`.
+    revision : str, optional
+        Hub revision of a hub id; ignored for a local folder.
 
     Example
     -------
@@ -269,6 +272,7 @@ class Wav2Vec2Pretraining(nn.Module):
         gumbel_temperature: float | Sequence[float] = 1.0,
         loss_reduction: str = "sum",
         diversity_scaling: str = "unscaled",
+        revision: str | None = None,
     ) -> None:
         super().__init__()
         if loss_reduction not in LOSS_REDUCTIONS:
@@ -284,9 +288,9 @@ class Wav2Vec2Pretraining(nn.Module):
         self.gumbel_schedule = gumbel_temperature_schedule(gumbel_temperature)
         self.source = str(source)
         self.model: Wav2Vec2ForPreTraining = load_pretrained(
-            Wav2Vec2ForPreTraining, self.source, save_path
+            Wav2Vec2ForPreTraining, self.source, save_path, revision
         )
-        self.feature_extractor_config = load_feature_extractor(self.source, save_path)
+        self.feature_extractor_config = load_feature_extractor(self.source, save_path, revision)
         self.normalize = bool(getattr(self.feature_extractor_config, "do_normalize", True))
         self.sample_rate = int(self.feature_extractor_config.sampling_rate)
         self.min_samples = receptive_field_samples(self.model)
@@ -702,8 +706,47 @@ class TAPTBrain(sb.Brain):
             )
 
 
+#: Mixed precision of every training stage on a CUDA device unless ``--precision``
+#: says otherwise: the authors train all stages with PyTorch Lightning's
+#: ``precision=16``, ``amp_backend='native'`` (FT-w2v2-ser bin/run_exp_iemocap.sh:6,9,14,
+#: bin/run_exp_iemocap_baseline.sh:6,10, bin/run_exp_iemocap_vft.sh:8;
+#: run_downstream_custom_multiple_fold.py:56-57): fp16 autocast with a gradient scaler,
+#: pytorch-lightning 1.4.5's native AMP plugin (docker/Dockerfile) autocasting the
+#: validation and test steps too. Pseudo-labelling is no Brain and stays fp32, as the
+#: authors' cluster.py (bin/run_exp_iemocap.sh:8 passes no --precision). The paper does
+#: not say.
+CUDA_DEFAULT_PRECISION = "fp16"
+
+
+def default_precision(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the authors' precision filled in on a CUDA device.
+
+    On CUDA (``device``, or the device SpeechBrain would pick when none is given), a
+    missing ``precision`` becomes :data:`CUDA_DEFAULT_PRECISION` (SpeechBrain then
+    trains under fp16 autocast with a gradient scaler) and a missing
+    ``eval_precision`` follows the training precision, one switch as in the
+    authors' code. On the CPU or with an explicit ``--precision`` (or SpeechBrain's
+    deprecated ``--auto_mix_prec`` / ``--bfloat16_mix_prec``) nothing is added:
+    the CPU stays fp32 unless asked otherwise.
+    """
+    device = str(options.get("device") or sb.utils.distributed.infer_device())
+    if device.split(":")[0] != "cuda":
+        return options
+    resolved = dict(options)
+    if options.get("bfloat16_mix_prec"):
+        train = "bf16"
+    elif options.get("auto_mix_prec"):
+        train = "fp16"
+    else:
+        train = resolved.setdefault("precision", CUDA_DEFAULT_PRECISION)
+    resolved.setdefault("eval_precision", train)
+    return resolved
+
+
 def stage_run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
-    """The user's run options (device, precision ...) with the stage's own values."""
+    """The user's run options (device, precision ...) with the stage's own values,
+    and the authors' mixed precision on a CUDA device unless the user chose one
+    (:func:`default_precision`)."""
     if run_opts is None:
         base: dict[str, Any] = {}
     elif isinstance(run_opts, dict):
@@ -711,7 +754,7 @@ def stage_run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
     else:
         base = {key: run_opts[key] for key in run_opts.overridden_args}
     base.update(forced)
-    return base
+    return default_precision(base)
 
 
 #: The yaml keys each step-counted stage reads, by prefix (see :func:`step_stage_brain`).
@@ -928,6 +971,11 @@ def tapt_fingerprint(hparams: dict[str, Any], train_manifest: str | Path) -> dic
         {key: hparams[key] for key in OPTIONAL_FINGERPRINT_KEYS if hparams.get(key) is not None}
     )
     settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
+    # The hub revision defines the starting weights of a hub id (a folder has none),
+    # so stages adapted from a local folder keep their fingerprint.
+    revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
+    if revision is not None:
+        settings["wav2vec2_revision"] = revision
     settings["train_manifest"] = manifest_digest(train_manifest)
     return json.loads(json.dumps(settings))
 

@@ -257,7 +257,13 @@ def fine_tune(
     hparams["class_weights"] = inverse_prior_weights(train_counts, classes)
     encoder = make_label_encoder(classes)
     sample_rate = hparams["sample_rate"]
-    train_set = emotion_dataset(train_manifest, encoder, sample_rate, hparams["max_train_seconds"])
+    train_set = emotion_dataset(
+        train_manifest,
+        encoder,
+        sample_rate,
+        hparams["max_train_seconds"],
+        crop=hparams["train_crop"],
+    )
     test_set = emotion_dataset(test_manifest, encoder, sample_rate, None, sort=True)
     if if_main_process():
         folder.mkdir(parents=True, exist_ok=True)
