@@ -328,6 +328,7 @@ def test_the_revision_enters_the_tapt_fingerprint_for_a_hub_id_only(tmp_path):
         "warmup_steps": 0, "tapt_flat_fraction": 0.0, "tapt_lr": 1e-4,
         "tapt_max_seconds": 1.0, "tapt_num_buckets": 2, "tapt_gumbel_temperature": 2.0,
         "tapt_max_grad_norm": 1.0, "wav2vec2_revision": "abc",
+        "tapt_loss_reduction": "sum", "tapt_diversity_scaling": "unscaled",
     }
     hub = tapt_fingerprint({**base, "wav2vec2_hub": HUB_ID}, manifest)
     assert hub["wav2vec2_revision"] == "abc"
