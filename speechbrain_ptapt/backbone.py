@@ -256,9 +256,30 @@ def _default_feature_extractor() -> Wav2Vec2FeatureExtractor:
 
 
 def load_feature_extractor(
+    source: str,
+    save_path: str | None = None,
+    revision: str | None = None,
+    normalize: bool | None = None,
+) -> Wav2Vec2FeatureExtractor:
+    """The backbone's preprocessor settings (input normalisation, sampling rate),
+    with ``do_normalize`` set to ``normalize`` unless that is None.
+
+    The authors' code feeds wav2vec2 the raw samples (no normalisation) although
+    ``facebook/wav2vec2-base``'s preprocessor config asks for per-utterance
+    normalisation, so the recipes pass ``normalize`` explicitly
+    (``normalize_waveform``); the value is written back by ``save_pretrained``,
+    so an adapted or exported backbone keeps it.
+    """
+    preprocessor = _load_preprocessor(source, save_path, revision)
+    if normalize is not None:
+        preprocessor.do_normalize = bool(normalize)
+    return preprocessor
+
+
+def _load_preprocessor(
     source: str, save_path: str | None = None, revision: str | None = None
 ) -> Wav2Vec2FeatureExtractor:
-    """The backbone's preprocessor settings (input normalisation, sampling rate).
+    """The preprocessor settings as stored with the backbone.
 
     A local folder without preprocessor_config.json, or a hub revision known to
     have none, gets wav2vec2-base's settings (16 kHz, per-utterance
@@ -375,6 +396,10 @@ class Wav2Vec2Backbone(nn.Module):
     revision : str, optional
         Hub revision of a hub id (the recipes pin the authors'
         :data:`AUTHORS_WAV2VEC2_REVISION`); ignored for a local folder.
+    normalize : bool, optional
+        Normalise each waveform to zero mean and unit variance before the CNN;
+        None follows the backbone's preprocessor config (see
+        :func:`load_feature_extractor`).
 
     Example
     -------
@@ -389,6 +414,7 @@ class Wav2Vec2Backbone(nn.Module):
         freeze_feature_encoder: bool = True,
         layerdrop: float | None = None,
         revision: str | None = None,
+        normalize: bool | None = None,
     ) -> None:
         super().__init__()
         self.source = str(source)
@@ -396,7 +422,9 @@ class Wav2Vec2Backbone(nn.Module):
         self.model: Wav2Vec2Model = load_pretrained(
             Wav2Vec2Model, self.source, save_path, revision, **overrides
         )
-        self.feature_extractor_config = load_feature_extractor(self.source, save_path, revision)
+        self.feature_extractor_config = load_feature_extractor(
+            self.source, save_path, revision, normalize
+        )
         self.normalize = bool(getattr(self.feature_extractor_config, "do_normalize", True))
         self.sample_rate = int(self.feature_extractor_config.sampling_rate)
         if getattr(self.model, "masked_spec_embed", None) is None:

@@ -265,11 +265,17 @@ def load_run(source: str | Path, run: str | None = None) -> RunToExport:
     )
 
 
-def load_backbone_config(source: str, cache: str | None = None, revision: str | None = None):
+def load_backbone_config(
+    source: str,
+    cache: str | None = None,
+    revision: str | None = None,
+    normalize: bool | None = None,
+):
     """The backbone's transformers config and preprocessor settings, from a local
     folder or from the hub cache the recipe downloaded it into (the network is
     used only when the cache lacks it); ``revision`` is the hub revision the run
-    loaded (its yaml's ``wav2vec2_revision``; ignored for a folder)."""
+    loaded (its yaml's ``wav2vec2_revision``; ignored for a folder) and
+    ``normalize`` its ``normalize_waveform`` (None: as the preprocessor config)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
     from speechbrain_ptapt.backbone import (
@@ -281,18 +287,22 @@ def load_backbone_config(source: str, cache: str | None = None, revision: str | 
     offline = {"local_files_only": True}
     try:
         if Path(source).is_dir():
-            return load_pretrained(Wav2Vec2Config, source), load_feature_extractor(source)
-        try:
-            return (
-                load_pretrained(Wav2Vec2Config, source, cache, revision, **offline),
-                load_pretrained(Wav2Vec2FeatureExtractor, source, cache, revision, **offline),
-            )
-        except BackboneLoadError:
-            return load_pretrained(Wav2Vec2Config, source, cache, revision), load_feature_extractor(
-                source, cache, revision
-            )
+            config = load_pretrained(Wav2Vec2Config, source)
+            preprocessor = load_feature_extractor(source)
+        else:
+            try:
+                config = load_pretrained(Wav2Vec2Config, source, cache, revision, **offline)
+                preprocessor = load_pretrained(
+                    Wav2Vec2FeatureExtractor, source, cache, revision, **offline
+                )
+            except BackboneLoadError:
+                config = load_pretrained(Wav2Vec2Config, source, cache, revision)
+                preprocessor = load_feature_extractor(source, cache, revision)
     except BackboneLoadError as err:
         raise ExportError(f"Cannot read the run's backbone configuration: {err}") from err
+    if normalize is not None:
+        preprocessor.do_normalize = bool(normalize)
+    return config, preprocessor
 
 
 # ---------------------------------------------------------------------------
@@ -622,7 +632,10 @@ def export_run(
         (partial / CARD_FILE).write_text(backbone_card(info), encoding="utf-8")
     else:
         config, feature_extractor = load_backbone_config(
-            info.backbone, info.hub_cache, info.settings.get("wav2vec2_revision")
+            info.backbone,
+            info.hub_cache,
+            info.settings.get("wav2vec2_revision"),
+            info.settings.get("normalize_waveform"),
         )
         classes = [str(c) for c in info.result.get("classes") or []]
         label_file = info.run_folder / LABEL_ENCODER_FILE

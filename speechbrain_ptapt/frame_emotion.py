@@ -835,6 +835,7 @@ def build_frame_model(
     cnn_aggregator_layers: int = 3,
     cnn_aggregator_kernel: int = 5,
     wav2vec2_revision: str | None = None,
+    normalize_waveform: bool | None = None,
 ) -> FrameEmotionModel:
     """A phase-1 model with pretrained encoder weights (the yaml's ``frame_model``).
 
@@ -862,6 +863,10 @@ def build_frame_model(
         Shape of the ``w2v2_cnn`` aggregator.
     wav2vec2_revision : str, optional
         Hub revision of ``wav2vec2_hub`` when it is a hub id (ignored for a folder).
+    normalize_waveform : bool, optional
+        ``w2v2_cnn`` only: normalise each waveform before the CNN (None follows the
+        backbone's preprocessor config). wav2vec 1.0 always reads raw samples, as
+        fairseq and the authors' code do.
 
     Returns
     -------
@@ -886,7 +891,7 @@ def build_frame_model(
             Wav2Vec2Model, str(wav2vec2_hub), wav2vec2_folder, wav2vec2_revision
         )
         preprocessor: Wav2Vec2FeatureExtractor = load_feature_extractor(
-            str(wav2vec2_hub), wav2vec2_folder, wav2vec2_revision
+            str(wav2vec2_hub), wav2vec2_folder, wav2vec2_revision, normalize_waveform
         )
         encoder = Wav2Vec2CNNFrameEncoder(
             wav2vec2.feature_extractor,
@@ -1461,7 +1466,9 @@ def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) ->
     for key in ("wav2vec1_checkpoint", "wav2vec2_hub"):
         if settings.get(key) is not None:
             settings[key] = str(settings[key])
-    if encoder == "w2v2_cnn":  # a hub id's revision defines its weights; a folder has none
+    if encoder == "w2v2_cnn":
+        settings["normalize_waveform"] = hparams.get("normalize_waveform")
+        # A hub id's revision defines its weights; a folder has none.
         revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
         if revision is not None:
             settings["wav2vec2_revision"] = revision

@@ -140,6 +140,7 @@ NUMBERS = POSITIVE_NUMBERS | FRACTIONS | {"ckpt_interval_minutes"}
 #: of utterances instead of a duration budget).
 NULLABLE = frozenset(
     {
+        "normalize_waveform",
         "max_train_seconds",
         "tapt_max_seconds",
         "ptapt_max_seconds",

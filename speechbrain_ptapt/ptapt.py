@@ -307,6 +307,7 @@ def ptapt_fingerprint(
     revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
     if revision is not None:  # a local folder has no revision
         settings["wav2vec2_revision"] = revision
+    settings["normalize_waveform"] = hparams.get("normalize_waveform")
     settings["n_clusters"] = [int(k) for k in settings["n_clusters"]]
     settings["train_manifest"] = manifest_digest(train_manifest)
     with open(Path(labels_folder) / "fingerprint.json", encoding="utf-8") as f:
@@ -425,15 +426,19 @@ def build_ptapt_model(
     head_dim: int = 256,
     layerdrop: float | None = None,
     revision: str | None = None,
+    normalize: bool | None = None,
 ) -> PseudoLabelPretraining:
     """The phase-2 model: wav2vec2 from ``source`` (at hub ``revision`` for a hub id;
-    CNN encoder and feature projection frozen) and one pseudo-label head per K."""
+    CNN encoder and feature projection frozen; waveforms normalised when
+    ``normalize``, None following the preprocessor config) and one pseudo-label
+    head per K."""
     backbone = Wav2Vec2Backbone(
         source,
         save_path=save_path,
         freeze_feature_encoder=True,
         layerdrop=layerdrop,
         revision=revision,
+        normalize=normalize,
     )
     time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks)
     return PseudoLabelPretraining(backbone, n_clusters, time_mask, head_dim)

@@ -258,6 +258,9 @@ class Wav2Vec2Pretraining(nn.Module):
         transformers 5): see :attr:`PretrainingLoss.diversity`.
     revision : str, optional
         Hub revision of a hub id; ignored for a local folder.
+    normalize : bool, optional
+        Normalise each waveform before the CNN; None follows the backbone's
+        preprocessor config (see :func:`~speechbrain_ptapt.backbone.load_feature_extractor`).
 
     Example
     -------
@@ -273,6 +276,7 @@ class Wav2Vec2Pretraining(nn.Module):
         loss_reduction: str = "sum",
         diversity_scaling: str = "unscaled",
         revision: str | None = None,
+        normalize: bool | None = None,
     ) -> None:
         super().__init__()
         if loss_reduction not in LOSS_REDUCTIONS:
@@ -290,7 +294,9 @@ class Wav2Vec2Pretraining(nn.Module):
         self.model: Wav2Vec2ForPreTraining = load_pretrained(
             Wav2Vec2ForPreTraining, self.source, save_path, revision
         )
-        self.feature_extractor_config = load_feature_extractor(self.source, save_path, revision)
+        self.feature_extractor_config = load_feature_extractor(
+            self.source, save_path, revision, normalize
+        )
         self.normalize = bool(getattr(self.feature_extractor_config, "do_normalize", True))
         self.sample_rate = int(self.feature_extractor_config.sampling_rate)
         self.min_samples = receptive_field_samples(self.model)
@@ -976,6 +982,7 @@ def tapt_fingerprint(hparams: dict[str, Any], train_manifest: str | Path) -> dic
     revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
     if revision is not None:
         settings["wav2vec2_revision"] = revision
+    settings["normalize_waveform"] = hparams.get("normalize_waveform")
     settings["train_manifest"] = manifest_digest(train_manifest)
     return json.loads(json.dumps(settings))
 
