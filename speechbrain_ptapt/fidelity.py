@@ -34,7 +34,8 @@ class Setting:
     Arguments
     ---------
     stage : str
-        ``V-FT``, ``TAPT``, ``P-TAPT 1`` (frame model), ``k-means`` or ``P-TAPT 2``.
+        ``all``, ``V-FT``, ``TAPT``, ``P-TAPT 1`` (frame model), ``k-means`` or
+        ``P-TAPT 2``.
     name : str
         What the setting is.
     paper : str
@@ -68,6 +69,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("V-FT", "backbone", "wav2vec2-base",
             "facebook/wav2vec2-base (`modules/FeatureFuser.py:101`)", "wav2vec2_hub", "vft",
             "facebook/wav2vec2-base"),
+    Setting("all", "backbone revision", "—", "2dcc7b7f… (`modules/FeatureFuser.py:101,181`)",
+            "wav2vec2_revision", "vft", "2dcc7b7f9b11f0ef271067e62599a27317a03114"),
+    Setting("all", "waveform normalisation", "—", "none: raw samples "
+            "(`downstream/Custom/dataloader.py:70`, `pretrain/dataloader.py:48`)",
+            "normalize_waveform", "vft", False, "null: the preprocessor config's"),
+    Setting("all", "precision", "—", "fp16 AMP in every training stage "
+            "(`bin/run_exp_iemocap.sh`: `--precision 16`)", "", "vft", None,
+            "on CUDA; fp32 on the CPU; `--precision` overrides"),
     Setting("V-FT", "head", "mean pool, ReLU, linear", "ReLU(encoder output), mean over the "
             "valid frames but the last, ReLU, Linear(768, C) (`modules/FeatureFuser.py:159-160`, "
             "`pretrain/trainer.py:252-268`)", "", "vft", OURS, "ours: mean over every valid frame"),
@@ -85,6 +94,8 @@ SETTINGS: tuple[Setting, ...] = (
             False, "on: batches of `dynamic_batch_seconds`, less padding"),
     Setting("V-FT", "training crop", "—", "10 s (`run_downstream_custom_multiple_fold.py:13`)",
             "max_train_seconds", "vft", 10.0),
+    Setting("V-FT", "long utterances", "—", "first 10 s (`downstream/Custom/dataloader.py:"
+            "28-33`)", "train_crop", "vft", "first", "`random`: a random 10 s window"),
     Setting("V-FT", "gradient clipping", "—", "none (Lightning's default)", "max_grad_norm",
             "vft", float("inf")),
     Setting("V-FT", "time masks", "—", "p 0.08, 15 frames, at least 2, learned mask embedding "
