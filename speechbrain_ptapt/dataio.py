@@ -3,10 +3,8 @@ emotion labels, class priors, batches by total duration."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -179,7 +177,9 @@ def cropped_durations(dataset: DynamicItemDataset, max_seconds: float | None) ->
 class DurationBatchSampler(torch.utils.data.Sampler):
     """Batches of at least ``batch_seconds`` of audio from length buckets: the
     authors' dynamic batching (FT-w2v2-ser ``pretrain/dataloader.py:274-314``,
-    ``SingleRandomBucketSampler`` with ``dynamic_batch=True``).
+    ``SingleRandomBucketSampler`` with ``dynamic_batch=True``); or, with
+    ``batch_size``, their bucketed batches of that many utterances
+    (``dynamic_batch=False``).
 
     The utterances are sorted by (capped) duration once and cut into
     ``num_buckets`` buckets of ``N // num_buckets`` neighbouring lengths, plus one
@@ -188,9 +188,11 @@ class DurationBatchSampler(torch.utils.data.Sampler):
     concatenation, closing a batch as soon as its summed duration reaches
     ``batch_seconds`` (``dataloader.py:301-310``): a batch holds **at least**
     ``batch_seconds`` and less than ``batch_seconds`` plus its last utterance, and
-    may span two neighbouring buckets. The last, short batch of a pass is dropped
-    (the authors' ``drop_last=True``, ``pretrain/trainer.py:305``) unless it is
-    the pass's only batch; then the batches are shuffled (``dataloader.py:313``).
+    may span two neighbouring buckets. With ``batch_size`` each utterance counts 1
+    and the order of the buckets is shuffled too (``dataloader.py:299-300``). The
+    last, short batch of a pass is dropped (the authors' ``drop_last=True``,
+    ``pretrain/trainer.py:305``) unless it is the pass's only batch; then the
+    batches are shuffled (``dataloader.py:313``).
 
     SpeechBrain's :class:`~speechbrain.dataio.sampler.DynamicBatchSampler` cannot
     do this: it fills each bucket separately up to ``int(budget / upper bucket
@@ -202,41 +204,56 @@ class DurationBatchSampler(torch.utils.data.Sampler):
     to the budget itself, so every crop falls in its first buckets (27 utterances,
     108-116 s per "250 s" batch, 47 % padding: no length bucketing).
 
-    Pass ``p`` depends only on ``(seed, p)``: the sampler yields the batches of
-    its current epoch (:meth:`set_epoch`), so a resumed stage sees the batches an
-    uninterrupted one would.
+    An epoch is one pass. Pass ``p`` depends only on ``(seed, p)``: the sampler
+    yields the batches of its current epoch (:meth:`set_epoch`, which SpeechBrain's
+    Brain calls before each epoch), so a resumed stage sees the batches an
+    uninterrupted one would. The number of batches of a pass by duration changes
+    from pass to pass (see :func:`~speechbrain_ptapt.distributed.resize_share` for
+    DDP).
 
     Arguments
     ---------
     durations : sequence of float
         Duration of each utterance in seconds, as trained (capped by the crop).
-    batch_seconds : float
+    batch_seconds : float, optional
         Least audio per batch, in seconds.
     num_buckets : int
         Length buckets (the authors' ``--train_bucket_size``, default 50).
     seed : int
         Seed of the shuffles.
+    batch_size : int, optional
+        Utterances per batch instead of ``batch_seconds`` (exactly one is given).
     """
 
     def __init__(
         self,
         durations: Sequence[float],
-        batch_seconds: float,
+        batch_seconds: float | None = None,
         num_buckets: int = 50,
         seed: int = 0,
+        batch_size: int | None = None,
     ) -> None:
         if not len(durations):
             raise ValueError("DurationBatchSampler needs at least one utterance.")
-        if not batch_seconds > 0 or num_buckets < 1:
+        if (batch_seconds is None) == (batch_size is None):
+            raise ValueError("Give exactly one of batch_seconds and batch_size.")
+        by_count = batch_size is not None
+        budget = float(batch_size if by_count else batch_seconds)
+        if not budget > 0 or num_buckets < 1:
             raise ValueError(
-                f"need batch_seconds > 0 and num_buckets >= 1; got {batch_seconds}, {num_buckets}"
+                f"need a batch budget > 0 and num_buckets >= 1; got {budget}, {num_buckets}"
             )
         self.durations = np.asarray(durations, dtype=np.float64)
-        self.batch_seconds = float(batch_seconds)
+        self.batch_seconds = None if by_count else budget
+        self.batch_size = int(batch_size) if by_count else None
         self.num_buckets = int(num_buckets)
         self.seed = int(seed)
-        self._units = np.rint(self.durations / _DURATION_UNIT_SECONDS).astype(np.int64)
-        self._budget_units = max(1, int(round(self.batch_seconds / _DURATION_UNIT_SECONDS)))
+        if by_count:
+            self._units = np.ones(len(self.durations), dtype=np.int64)
+            self._budget_units = self.batch_size
+        else:
+            self._units = np.rint(self.durations / _DURATION_UNIT_SECONDS).astype(np.int64)
+            self._budget_units = max(1, int(round(budget / _DURATION_UNIT_SECONDS)))
         by_length = np.argsort(self.durations, kind="stable")
         size = len(by_length) // self.num_buckets
         self.buckets = [by_length[i * size : (i + 1) * size] for i in range(self.num_buckets)]
@@ -247,7 +264,10 @@ class DurationBatchSampler(torch.utils.data.Sampler):
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The batches of pass (epoch) ``epoch``, in training order."""
         rng = np.random.default_rng([self.seed, int(epoch)])
-        order = np.concatenate([rng.permutation(bucket) for bucket in self.buckets])
+        buckets = self.buckets
+        if self.batch_size is not None:  # the authors shuffle the buckets' order too
+            buckets = [buckets[i] for i in rng.permutation(len(buckets))]
+        order = np.concatenate([rng.permutation(bucket) for bucket in buckets])
         summed = np.cumsum(self._units[order])
         batches, start, before = [], 0, 0
         while start < len(order):
@@ -260,32 +280,34 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch (SpeechBrain calls this before each epoch)."""
+        """Selects the epoch (the pass) whose batches the sampler yields."""
         self.epoch = int(epoch)
-        self._batches = self.epoch_batches(self.epoch)
+        self.current_batches = self.epoch_batches(self.epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter([list(batch) for batch in self._batches])
+        return iter([list(batch) for batch in self.current_batches])
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return len(self.current_batches)
 
 
 def duration_batch_sampler(
     dataset: DynamicItemDataset,
-    batch_seconds: float,
+    batch_seconds: float | None,
     max_seconds: float | None = None,
     num_buckets: int = 50,
     seed: int = 42,
+    batch_size: int | None = None,
 ) -> DurationBatchSampler:
-    """The authors' dynamic batches of a dataset (:class:`DurationBatchSampler`):
-    at least ``batch_seconds`` of (cropped) audio per batch, from length buckets.
+    """The authors' bucketed batches of a dataset (:class:`DurationBatchSampler`): at
+    least ``batch_seconds`` of (cropped) audio per batch, or ``batch_size`` utterances
+    when ``batch_seconds`` is None, from length buckets.
 
     Arguments
     ---------
     dataset : DynamicItemDataset
         A dataset whose entries have ``duration`` in seconds.
-    batch_seconds : float
+    batch_seconds : float or None
         Least seconds of audio per batch (counted after cropping).
     max_seconds : float, optional
         The crop length of training utterances, in seconds (None: whole files).
@@ -293,127 +315,13 @@ def duration_batch_sampler(
         Length buckets.
     seed : int
         Seed of the shuffles (the batches of epoch e depend on ``(seed, e)``).
+    batch_size : int, optional
+        Utterances per batch, when ``batch_seconds`` is None.
     """
     return DurationBatchSampler(
-        cropped_durations(dataset, max_seconds), batch_seconds, num_buckets, seed
+        cropped_durations(dataset, max_seconds),
+        batch_seconds,
+        num_buckets,
+        seed,
+        batch_size=None if batch_seconds is not None else batch_size,
     )
-
-
-class BatchStream(torch.utils.data.Sampler, ABC):
-    """Batches for a fixed number of optimizer steps, cut into epochs.
-
-    An endless stream of passes over the data (:meth:`one_pass`, defined by
-    subclasses from a seed and the pass index). Epoch ``e`` (1-based) yields batches
-    ``[(e - 1) * batches_per_epoch, e * batches_per_epoch)`` of the stream, never
-    beyond ``total_batches``, so the batches depend only on the seed and their
-    position, and an interrupted stage can skip the ones it has seen.
-
-    Arguments
-    ---------
-    total_batches : int
-        Batches of the whole stage.
-    batches_per_epoch : int, optional
-        Batches between two validations; None: the whole stage is one epoch.
-    """
-
-    def __init__(self, total_batches: int, batches_per_epoch: int | None = None) -> None:
-        per_epoch = max(1, total_batches) if batches_per_epoch is None else batches_per_epoch
-        if total_batches < 0 or per_epoch < 1:
-            raise ValueError(
-                f"need total_batches >= 0 and batches_per_epoch >= 1; "
-                f"got {total_batches}, {batches_per_epoch}"
-            )
-        self.total_batches = int(total_batches)
-        self.batches_per_epoch = int(per_epoch)
-        self.epoch = 1
-
-    @property
-    def num_epochs(self) -> int:
-        """Epochs needed to yield ``total_batches``."""
-        return max(1, math.ceil(self.total_batches / self.batches_per_epoch))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch (1-based; SpeechBrain calls this before each epoch)."""
-        self.epoch = int(epoch)
-
-    @abstractmethod
-    def one_pass(self, pass_index: int) -> list[list[int]]:
-        """The batches of pass ``pass_index`` over the data."""
-
-    def _stream(self) -> Iterator[list[int]]:
-        for pass_index in itertools.count():
-            yield from self.one_pass(pass_index)
-
-    def _bounds(self) -> tuple[int, int]:
-        start = min(max(self.epoch - 1, 0) * self.batches_per_epoch, self.total_batches)
-        return start, min(start + self.batches_per_epoch, self.total_batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start, stop = self._bounds()
-        return itertools.islice(self._stream(), start, stop)
-
-    def __len__(self) -> int:
-        start, stop = self._bounds()
-        return stop - start
-
-
-class DurationStepBatchSampler(BatchStream):
-    """A :class:`BatchStream` of batches by total duration: pass ``p`` is the
-    batching of the wrapped :class:`DurationBatchSampler` at its epoch ``p``
-    (length buckets, at least its duration budget per batch, shuffled from its
-    seed).
-
-    Arguments
-    ---------
-    sampler : DurationBatchSampler
-        The batching of one pass (see :func:`duration_batch_sampler`).
-    total_batches : int
-        Batches of the whole stage.
-    batches_per_epoch : int, optional
-        Batches between two validations; None: the whole stage is one epoch.
-    """
-
-    def __init__(
-        self,
-        sampler: DurationBatchSampler,
-        total_batches: int,
-        batches_per_epoch: int | None = None,
-    ) -> None:
-        super().__init__(total_batches, batches_per_epoch)
-        self.sampler = sampler
-
-    def one_pass(self, pass_index: int) -> list[list[int]]:
-        """The batches of pass ``pass_index`` over the data."""
-        return self.sampler.epoch_batches(pass_index)
-
-
-#: The yaml keys of the duration batches of each step-counted stage: least seconds
-#: of audio per batch, length buckets, seed of the shuffles.
-DURATION_BATCH_KEYS = {
-    "tapt": ("tapt_batch_seconds", "tapt_num_buckets", "tapt_seed"),
-    "frame": ("frame_batch_seconds", "frame_num_buckets", "frame_seed"),
-    "ptapt": ("ptapt_batch_seconds", "ptapt_num_buckets", "ptapt_seed"),
-}
-
-
-def duration_step_batches(
-    dataset: DynamicItemDataset,
-    hparams: dict,
-    stage: str,
-    max_seconds: float | None,
-    total_batches: int,
-    batches_per_epoch: int | None = None,
-) -> DurationStepBatchSampler:
-    """The duration batches of the step-counted ``stage`` (a key of
-    :data:`DURATION_BATCH_KEYS`): at least its seconds of (cropped) audio per batch,
-    from its length buckets, shuffled from its seed (see
-    :class:`DurationStepBatchSampler`)."""
-    seconds_key, buckets_key, seed_key = DURATION_BATCH_KEYS[stage]
-    per_pass = duration_batch_sampler(
-        dataset,
-        float(hparams[seconds_key]),
-        max_seconds,
-        int(hparams[buckets_key]),
-        seed=int(hparams[seed_key]),
-    )
-    return DurationStepBatchSampler(per_pass, total_batches, batches_per_epoch)

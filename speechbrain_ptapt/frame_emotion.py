@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -36,6 +35,7 @@ import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpoint
 from speechbrain.utils.distributed import (
     ddp_barrier,
@@ -43,7 +43,6 @@ from speechbrain.utils.distributed import (
     if_main_process,
     run_on_main,
 )
-from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.seed import seed_everything
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -57,12 +56,10 @@ from speechbrain_ptapt.backbone import (
     normalize_waveforms,
     wav2vec2_frame_lengths,
 )
-from speechbrain_ptapt.checkpointing import RandomState
-from speechbrain_ptapt.dataio import BatchStream
-from speechbrain_ptapt.distributed import with_ddp_options, world_size
+from speechbrain_ptapt.distributed import world_size
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
-from speechbrain_ptapt.tapt import WarmupFlatLinearDecay, fit_steps, stage_run_options
+from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 from speechbrain_ptapt.vft import masked_mean
 from speechbrain_ptapt.wav2vec1 import (
     Wav2Vec1,
@@ -86,7 +83,6 @@ __all__ = [
     "FrameEmotionModel",
     "FrameEmotionOutput",
     "FrameEncoder",
-    "StepBatchSampler",
     "Wav2Vec1FrameEncoder",
     "Wav2Vec2CNNFrameEncoder",
     "build_frame_model",
@@ -101,7 +97,7 @@ __all__ = [
     "selection_rank",
     "split_validation",
     "train_frame_model",
-    "validation_interval_steps",
+    "validation_every_steps",
     "validation_loader",
 ]
 
@@ -939,7 +935,7 @@ def frame_emotion_losses(
 
 
 # ----------------------------------------------------------------------------
-# Data: validation split, step-counted batches
+# Data: validation split
 # ----------------------------------------------------------------------------
 
 
@@ -989,79 +985,42 @@ def split_validation(
     return train_path, valid_path
 
 
-class StepBatchSampler(BatchStream):
-    """Random batches of a fixed number of utterances for a fixed number of optimizer
-    steps, cut into epochs (a :class:`~speechbrain_ptapt.dataio.BatchStream`).
-
-    Pass ``p`` is a permutation drawn from ``numpy.random.default_rng([seed, p])``,
-    cut into full batches (the remainder is dropped, as in the authors' code; with
-    fewer items than ``batch_size`` a pass is one batch of all).
-
-    Arguments
-    ---------
-    num_items : int
-        Utterances in the dataset.
-    batch_size : int
-        Utterances per batch.
-    total_batches : int
-        Batches of the whole stage.
-    batches_per_epoch : int
-        Batches between two validations.
-    seed : int
-        Seed of the permutations.
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        total_batches: int,
-        batches_per_epoch: int,
-        seed: int = 0,
-    ) -> None:
-        if num_items < 1 or batch_size < 1 or total_batches < 0 or batches_per_epoch < 1:
-            raise ValueError(
-                f"need num_items, batch_size, batches_per_epoch >= 1 and total_batches >= 0; "
-                f"got {num_items}, {batch_size}, {batches_per_epoch}, {total_batches}"
-            )
-        super().__init__(total_batches, batches_per_epoch)
-        self.num_items = int(num_items)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-
-    def one_pass(self, pass_index: int) -> list[list[int]]:
-        """The batches of pass ``pass_index`` over the data."""
-        order = np.random.default_rng([self.seed, pass_index]).permutation(self.num_items)
-        size = min(self.batch_size, self.num_items)
-        return [order[i : i + size].tolist() for i in range(0, self.num_items - size + 1, size)]
-
-
 # ----------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------
 
 
-class FrameEmotionBrain(sb.Brain):
+class FrameEmotionBrain(StepStageBrain):
     """Trains a :class:`FrameEmotionModel` (``modules.model``) for a fixed number of
-    optimizer steps, validating every epoch (``frame_valid_every``).
+    optimizer steps (the stage's settings:
+    :class:`~speechbrain_ptapt.training.StepStageBrain`), validating after every epoch
+    (a pass over the training part) or every ``valid_every`` optimizer steps, and after
+    the last step.
 
     Training batches are cropped to their shortest utterance at random offsets; the
-    loss is the sum of :func:`frame_emotion_losses`. With ``valid_crop`` validation
-    batches are cropped the same way, at offsets drawn from a generator seeded by
-    ``valid_seed`` and the epoch (the training random state is left alone). After each
-    validation a checkpoint is saved with the validation ``loss`` (mean over utterances
-    of the batches' summed cross-entropies, each batch weighted by its utterances as
-    Lightning 1.4.5 averages the authors' ``valid_loss``:
-    ``pytorch_lightning/trainer/connectors/logger_connector/result.py:196-212``) and
-    ``ua`` (unweighted
-    accuracy of :meth:`FrameEmotionOutput.utterance_log_probs`), keeping the most recent
-    one and the best one by ``select_by`` (:func:`selection_rank`).
+    loss is the sum of :func:`frame_emotion_losses`. With ``valid_crop: shortest``
+    validation batches are cropped the same way, at offsets drawn from a generator
+    seeded by ``valid_seed`` and the optimizer steps done (the training random state is
+    left alone). After each validation a checkpoint is saved with the validation
+    ``loss`` (mean over utterances of the batches' summed cross-entropies, each batch
+    weighted by its utterances as Lightning 1.4.5 averages the authors'
+    ``valid_loss``: ``pytorch_lightning/trainer/connectors/logger_connector/result.py:196-212``)
+    and ``ua`` (unweighted accuracy of :meth:`FrameEmotionOutput.utterance_log_probs`),
+    keeping the most recent one and the best one by ``select_by``
+    (:func:`selection_rank`); a validation between two epochs' ends saves the loader's
+    position with it, so a resumed stage goes on with the epoch's next batch.
 
-    Expects in hparams: ``class_weights`` (tensor), ``lr_scheduler`` (a
-    :class:`~speechbrain_ptapt.tapt.WarmupFlatLinearDecay`), ``n_classes``,
-    ``select_by`` (one of :data:`SELECTION_CRITERIA`), ``valid_crop`` (bool),
-    ``valid_seed`` (int) and optionally ``train_logger``.
+    Expects in hparams, besides the step-counted stage's: ``class_weights`` (tensor),
+    ``n_classes``, ``select_by`` (one of :data:`SELECTION_CRITERIA`), ``valid_crop``
+    (one of :data:`VALID_CROPS`), ``valid_seed`` (int), ``valid_every`` (``"epoch"`` or
+    a number of optimizer steps, :func:`validation_every_steps`) and optionally
+    ``train_logger`` (one line per validation, with the mean training loss since the
+    previous one).
     """
+
+    _epoch = 0
+    _mid_epoch = False
+    _valid_loader: Any = None
 
     def compute_forward(self, batch, stage) -> FrameEmotionOutput:
         """Model output; training batches (and validation ones with ``valid_crop``) are
@@ -1070,7 +1029,7 @@ class FrameEmotionBrain(sb.Brain):
         wavs, wav_lens = batch.sig
         if stage == sb.Stage.TRAIN:
             wavs, wav_lens = crop_to_shortest(wavs, wav_lens)
-        elif self.hparams.valid_crop:
+        elif self.hparams.valid_crop == "shortest":
             wavs, wav_lens = crop_to_shortest(wavs, wav_lens, self._crop_generator)
         return self.modules.model(wavs, wav_lens)
 
@@ -1081,7 +1040,9 @@ class FrameEmotionBrain(sb.Brain):
             predictions, targets, self.hparams.class_weights
         )
         loss = frame_loss + utterance_loss
-        if stage != sb.Stage.TRAIN:
+        if stage == sb.Stage.TRAIN:
+            self.add_to_log(loss=loss.detach())
+        else:
             self._loss_sum += float(loss.detach()) * targets.numel()
             self._utterances += targets.numel()
             scores = predictions.utterance_log_probs().detach()
@@ -1093,27 +1054,62 @@ class FrameEmotionBrain(sb.Brain):
             self._frames += int(mask.sum())
         return loss
 
-    def on_fit_batch_start(self, batch, should_step: bool) -> None:
-        """Sets the learning rate of the coming optimizer step."""
-        if should_step:
-            self.lr = self.hparams.lr_scheduler(self.optimizer)
+    def fit_steps(
+        self,
+        train_set: torch.utils.data.Dataset,
+        train_loader_kwargs: dict[str, Any],
+        valid_set: Any = None,
+    ) -> None:
+        """Trains the stage, validating on ``valid_set`` (a loader) after every epoch,
+        or every ``valid_every`` optimizer steps."""
+        self._valid_loader = valid_set
+        by_epoch = validation_every_steps(self.hparams.valid_every) is None
+        super().fit_steps(train_set, train_loader_kwargs, valid_set if by_epoch else None)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
+        """After an optimizer step: the checkpoint when due, and the validation when
+        ``valid_every`` steps are done (or the last step)."""
+        super().on_fit_batch_end(batch, outputs, loss, should_step)
+        every = validation_every_steps(self.hparams.valid_every)
+        if should_step and every is not None:
+            if self.optimizer_step % every == 0 or self.stage_finished:
+                self.validate_mid_epoch()
+
+    def validate_mid_epoch(self) -> None:
+        """A validation between two epochs' ends (SpeechBrain validates after an
+        epoch only); its checkpoint keeps the training loader's position."""
+        self._mid_epoch = True
+        self.on_stage_start(sb.Stage.VALID, self._epoch)
+        self.modules.eval()
+        try:
+            with torch.no_grad():
+                for batch in self._valid_loader:
+                    self.evaluate_batch(batch, stage=sb.Stage.VALID)
+            self.on_stage_end(sb.Stage.VALID, None, self._epoch)
+        finally:
+            self.modules.train()
+            self._mid_epoch = False
 
     def on_stage_start(self, stage, epoch=None) -> None:
-        """Resets the collected validation predictions and seeds the validation crops."""
-        if stage != sb.Stage.TRAIN:
-            self._targets: list[int] = []
-            self._predictions: list[int] = []
-            self._frame_hits = 0
-            self._frames = 0
-            self._loss_sum = 0.0
-            self._utterances = 0
-            seed = np.random.SeedSequence([int(self.hparams.valid_seed), int(epoch or 0)])
-            self._crop_generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+        """Training: the epoch. Validation: resets the collected predictions and seeds
+        the validation crops."""
+        super().on_stage_start(stage, epoch)
+        if stage == sb.Stage.TRAIN:
+            self._epoch = int(epoch or 0)
+            return
+        self._targets: list[int] = []
+        self._predictions: list[int] = []
+        self._frame_hits = 0
+        self._frames = 0
+        self._loss_sum = 0.0
+        self._utterances = 0
+        seed = np.random.SeedSequence([int(self.hparams.valid_seed), int(self.optimizer_step)])
+        self._crop_generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
-        """Training: keep the loss. Validation: metrics, log line, checkpoint."""
+        """Validation: metrics, log line, checkpoint (nothing after training: the last
+        validation holds the finished stage)."""
         if stage == sb.Stage.TRAIN:
-            self.train_loss = float(stage_loss)
             return
         metrics = classification_metrics(self._targets, self._predictions, self.hparams.n_classes)
         self.valid_stats = {
@@ -1124,21 +1120,20 @@ class FrameEmotionBrain(sb.Brain):
         }
         meta = {"optimizer_step": int(self.optimizer_step), "lr": float(getattr(self, "lr", 0.0))}
         train_logger = getattr(self.hparams, "train_logger", None)
+        train_loss = self.take_log_window().get("loss", float("nan"))
         if train_logger is not None:
             train_logger.log_stats(
                 stats_meta={"epoch": epoch, **meta},
-                train_stats={"loss": getattr(self, "train_loss", float("nan"))},
+                train_stats={"loss": train_loss},
                 valid_stats=self.valid_stats,
             )
         if stage == sb.Stage.VALID and self.checkpointer is not None:
-            # The epoch is over: a run resumed from this checkpoint starts the next
-            # epoch's batch count (and its loss average) at 0, as an uninterrupted one.
-            self.step = 0
             meta = {**meta, **self.valid_stats}
             # One decision for every process: saving synchronises them.
             if ddp_broadcast(self._worth_saving(meta) if if_main_process() else None):
                 self.checkpointer.save_and_keep_only(
                     meta=meta,
+                    end_of_epoch=not self._mid_epoch,
                     importance_keys=[selection_rank(self.hparams.select_by)],
                     ckpt_predicate=is_validated,
                     num_to_keep=1,
@@ -1186,43 +1181,34 @@ def selection_rank(select_by: str) -> Callable[[Checkpoint], tuple[float, int]]:
     return ranks[select_by]
 
 
-def validation_interval_steps(
-    valid_every: int | str, batches_per_pass: int, batches_per_step: int, steps: int
-) -> int:
-    """Optimizer steps between two validations.
+def validation_every_steps(valid_every: int | str) -> int | None:
+    """Optimizer steps between two validations, from ``frame_valid_every``.
 
     Arguments
     ---------
     valid_every : int or str
-        ``frame_valid_every``: a number of optimizer steps, or ``"epoch"`` for one
-        pass over the training part, as the authors' Lightning loop
-        (``check_val_every_n_epoch=1``, ``run_pretrain.py:14, 37``).
-    batches_per_pass : int
-        Batches of one pass over the training part (the first pass of the batch
-        stream: ``floor(utterances / frame_batch_size)``, the last incomplete batch
-        dropped as the authors' ``drop_last=True``, ``pretrain/trainer.py:43-49``; with
-        batches by duration, the batches of that pass).
-    batches_per_step : int
-        Batches of one optimizer step over all processes (gradient accumulation times
-        the number of DDP processes).
-    steps : int
-        Optimizer steps of the stage (the interval never exceeds it).
+        ``"epoch"``: after every pass over the training part, as the authors'
+        Lightning loop (``check_val_every_n_epoch=1``, ``run_pretrain.py:14, 37``);
+        or a positive number of optimizer steps. Either way the last step is validated
+        too.
 
     Returns
     -------
-    int
-        ``steps`` per validation, at least 1: for ``"epoch"``, ``batches_per_pass //
-        batches_per_step``.
+    int or None
+        The number of steps, or None for ``"epoch"``.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
     """
     if valid_every == "epoch":
-        interval = batches_per_pass // batches_per_step
-    elif isinstance(valid_every, int) and not isinstance(valid_every, bool) and valid_every >= 1:
-        interval = valid_every
-    else:
-        raise ValueError(
-            f"frame_valid_every must be 'epoch' or a positive number of steps, got {valid_every!r}"
-        )
-    return max(1, min(int(interval), int(steps)))
+        return None
+    if isinstance(valid_every, int) and not isinstance(valid_every, bool) and valid_every >= 1:
+        return int(valid_every)
+    raise ValueError(
+        f"frame_valid_every must be 'epoch' or a positive number of steps, got {valid_every!r}"
+    )
 
 
 def validation_loader(
@@ -1290,16 +1276,13 @@ def train_frame_model(
     model : FrameEmotionModel
         The model, encoder weights loaded.
     hparams : mapping
-        ``classes``, ``sample_rate``, ``frame_steps``, ``frame_batch_size`` (or
-        ``frame_batch_seconds`` and ``frame_num_buckets``: batches of at least that many
-        seconds of length-bucketed audio when not None), ``frame_max_seconds`` (random crops of
-        at most that length when not None), ``frame_lr``,
-        ``frame_warmup_steps``, ``frame_flat_fraction``, ``frame_valid_every`` (steps or
-        ``"epoch"``, see :func:`validation_interval_steps`), ``frame_select_by``,
-        ``frame_valid_crop``, ``frame_valid_batch_size``, ``frame_seed``,
-        ``frame_ckpt_interval_steps``,
-        ``frame_max_grad_norm``, ``frame_num_workers``, ``frame_opt_class`` and optionally
-        ``frame_train_logger`` (an instance).
+        ``frame_brain_hparams`` (the Brain's settings: steps, schedule, epoch counter,
+        validation, checkpoints, logger), ``frame_opt_class``, ``classes``,
+        ``sample_rate``, ``frame_batch_size`` (or ``frame_batch_seconds`` and
+        ``frame_num_buckets``: batches of at least that many seconds of length-bucketed
+        audio when not None), ``frame_max_seconds`` (random crops of at most that
+        length when not None), ``frame_valid_batch_size``, ``frame_valid_crop``,
+        ``frame_seed`` and ``frame_num_workers``.
     run_opts : RunOptions or dict
         SpeechBrain's run options.
     train_manifest, valid_manifest : str or Path
@@ -1316,109 +1299,66 @@ def train_frame_model(
         The brain after training (``optimizer_step == frame_steps``).
     """
     from speechbrain_ptapt.dataio import (
-        duration_step_batches,
+        duration_batch_sampler,
         emotion_dataset,
         make_label_encoder,
     )
 
-    steps = int(hparams["frame_steps"])
-    select_by = str(hparams["frame_select_by"])
-    selection_rank(select_by)  # an unknown criterion fails before training
-    valid_crop = str(hparams["frame_valid_crop"])
-    if valid_crop not in VALID_CROPS:
-        raise ValueError(f"frame_valid_crop must be one of {VALID_CROPS}, got {valid_crop!r}")
-    scheduler = WarmupFlatLinearDecay(
-        hparams["frame_lr"],
-        steps,
-        int(hparams["frame_warmup_steps"]),
-        float(hparams["frame_flat_fraction"]),
-    )
-    encoder = make_label_encoder(hparams["classes"])
-    max_seconds = hparams.get("frame_max_seconds")
-    train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"], max_seconds)
-
-    max_grad_norm = float(hparams["frame_max_grad_norm"])
-    opts = stage_run_options(
-        run_opts,
-        optimizer_step_limit=steps,
-        ckpt_interval_steps=int(hparams["frame_ckpt_interval_steps"]),
-        ckpt_interval_minutes=0.0,
-        max_grad_norm=max_grad_norm if max_grad_norm > 0 else math.inf,
-    )
-    opts = with_ddp_options(opts, model)
+    settings = dict(hparams["frame_brain_hparams"])
+    selection_rank(settings["select_by"])  # an unknown criterion fails before training
+    valid_every = validation_every_steps(settings["valid_every"])
+    if settings["valid_crop"] not in VALID_CROPS:
+        raise ValueError(
+            f"frame_valid_crop must be one of {VALID_CROPS}, got {settings['valid_crop']!r}"
+        )
     brain = FrameEmotionBrain(
         modules={"model": model},
         opt_class=hparams["frame_opt_class"],
-        hparams={
-            "class_weights": class_weights,
-            "lr_scheduler": scheduler,
-            "n_classes": len(hparams["classes"]),
-            "select_by": select_by,
-            "valid_crop": valid_crop == "shortest",
-            "valid_seed": int(hparams["frame_seed"]),
-            "train_logger": hparams.get("frame_train_logger"),
-        },
-        run_opts=opts,
+        hparams={**settings, "class_weights": class_weights},
+        run_opts=with_default_precision(run_opts),
         checkpointer=checkpointer,
     )
-    # Under DDP the stream holds every process's batches: each process takes its
-    # share of every epoch (make_train_loader), so each makes ``steps`` optimizer
-    # steps and validates after the same steps.
-    batches_per_step = int(brain.grad_accumulation_factor) * world_size()
+    max_seconds = hparams.get("frame_max_seconds")
+    encoder = make_label_encoder(hparams["classes"])
+    train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"], max_seconds)
+    seed = int(hparams["frame_seed"])
     batch_seconds = hparams.get("frame_batch_seconds")
     if batch_seconds is None:
-        sampler = StepBatchSampler(
-            len(train_set),
-            int(hparams["frame_batch_size"]),
-            total_batches=steps * batches_per_step,
-            batches_per_epoch=batches_per_step,
-            seed=int(hparams["frame_seed"]),
-        )
-        batches = f"{hparams['frame_batch_size']} utterances"
+        # The authors' phase 1: frame_batch_size random utterances, the rest of a pass
+        # dropped (pretrain/trainer.py:43-49); each process batches its share.
+        batch_size = min(int(hparams["frame_batch_size"]), max(1, len(train_set) // world_size()))
+        loader_kwargs = {
+            "sampler": ReproducibleRandomSampler(train_set, seed=seed),
+            "batch_size": batch_size,
+            "drop_last": True,
+        }
+        batches = f"{batch_size} utterances"
     else:
-        sampler = duration_step_batches(
-            train_set,
-            hparams,
-            "frame",
-            max_seconds,
-            total_batches=steps * batches_per_step,
-            batches_per_epoch=batches_per_step,
+        sampler = duration_batch_sampler(
+            train_set, float(batch_seconds), max_seconds, int(hparams["frame_num_buckets"]), seed
         )
+        loader_kwargs = {"batch_sampler": sampler}
         batches = f"at least {batch_seconds} s of audio"
-    # An epoch (the span between validations) is set once the batches of a pass are known.
-    valid_every = validation_interval_steps(
-        hparams["frame_valid_every"], len(sampler.one_pass(0)), batches_per_step, steps
-    )
-    sampler.batches_per_epoch = valid_every * batches_per_step
-    epoch_counter = EpochCounter(limit=sampler.num_epochs)
-    if checkpointer is not None:
-        checkpointer.add_recoverables(
-            {
-                "model": model,
-                "lr_scheduler": scheduler,
-                "counter": epoch_counter,
-                "rng": RandomState(),
-            }
-        )
     workers = int(hparams.get("frame_num_workers", 0))
     valid_loader = validation_loader(brain, valid_manifest, hparams, workers)
     logger.info(
         "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d (%s): %d steps of %s "
-        "(%s, cropped to the batch's shortest), validation every %d steps (%s), keeping "
-        "the checkpoint of the %s.",
+        "(%s, cropped to the batch's shortest), validation %s, keeping the checkpoint of "
+        "the %s.",
         model.frame_encoder,
         len(train_set),
         train_manifest,
         len(valid_loader.dataset),
-        "cropped to each batch's shortest" if valid_crop == "shortest" else "whole files",
-        steps,
+        "cropped to each batch's shortest"
+        if settings["valid_crop"] == "shortest"
+        else "whole files",
+        brain.optimizer_step_limit,
         batches,
         "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
-        valid_every,
-        "one epoch" if hparams["frame_valid_every"] == "epoch" else "frame_valid_every",
-        "lowest validation loss" if select_by == "valid_loss" else "highest validation UA",
+        "after every epoch" if valid_every is None else f"every {valid_every} steps",
+        "lowest validation loss" if settings["select_by"] == "valid_loss" else "highest UA",
     )
-    fit_steps(brain, epoch_counter, train_set, sampler, workers, valid_loader)
+    brain.fit_steps(train_set, {**loader_kwargs, "num_workers": workers}, valid_loader)
     return brain
 
 
@@ -1628,15 +1568,8 @@ def run_frame_stage(
     seed_everything(seed)
     model = hparams["frame_model"]()
     checkpointer = hparams["frame_checkpointer"]()
-    train_logger = hparams.get("frame_train_logger")
     brain = train_frame_model(
-        model,
-        {**hparams, "frame_train_logger": None if train_logger is None else train_logger()},
-        run_opts,
-        train_part,
-        valid_part,
-        class_weights,
-        checkpointer,
+        model, hparams, run_opts, train_part, valid_part, class_weights, checkpointer
     )
 
     select_by = str(hparams["frame_select_by"])

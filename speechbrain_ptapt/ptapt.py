@@ -7,7 +7,8 @@ head Linear(768, 256)-Tanh-Linear(256, K) on ReLU(transformer output) predicts
 the k-means cluster of each *masked* frame; the loss is the sum over K of the
 cross-entropies on masked frames. The CNN encoder and feature projection stay
 frozen; Adam 1e-4 with warm-up, flat and linear decay, counted in optimizer
-steps; batches of about 250 s of audio (SpeechBrain's dynamic batching) with
+steps; batches of at least 250 s of audio filled greedily from length buckets
+(:class:`~speechbrain_ptapt.dataio.DurationBatchSampler`, the authors' sampler) with
 random crops of at most 10 s, the labels cropped to match.
 """
 
@@ -27,8 +28,8 @@ from speechbrain.utils.seed import seed_everything
 from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone, hub_revision, load_pretrained
-from speechbrain_ptapt.dataio import duration_step_batches
-from speechbrain_ptapt.distributed import unwrap, world_size
+from speechbrain_ptapt.dataio import duration_batch_sampler
+from speechbrain_ptapt.distributed import unwrap
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
     PseudoLabelStore,
@@ -37,15 +38,12 @@ from speechbrain_ptapt.pseudo_labels import (
 )
 from speechbrain_ptapt.tapt import (
     MARKER_FILE,
-    TAPTBrain,
     check_settings,
-    fit_steps,
     guard_checkpoints,
     manifest_digest,
     save_adapted,
-    stage_run_options,
-    step_stage_brain,
 )
+from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 
 logger = logging.getLogger(__name__)
 
@@ -211,12 +209,12 @@ class PseudoLabelPretraining(nn.Module):
         self.backbone.save_pretrained(folder)
 
 
-class PTAPTBrain(TAPTBrain):
+class PTAPTBrain(StepStageBrain):
     """Trains a :class:`PseudoLabelPretraining` (``modules.wav2vec2``) for a fixed
-    number of optimizer steps, with TAPT's schedule, logging and checkpoints."""
-
-    def _reset_window(self) -> None:
-        self._window = {"loss": 0.0, "batches": 0}
+    number of optimizer steps (the stage's settings:
+    :class:`~speechbrain_ptapt.training.StepStageBrain`). Each train log line holds the
+    means over its window's batches of ``loss`` (the sum over K) and of the
+    cross-entropy of each K (``ce_k<K>``), and the learning rate."""
 
     def compute_forward(self, batch, stage):
         """The P-TAPT loss terms of a batch."""
@@ -228,11 +226,9 @@ class PTAPTBrain(TAPTBrain):
     def compute_objectives(self, predictions, batch, stage) -> torch.Tensor:
         """The sum over K of the masked-frame cross-entropies."""
         loss = predictions["loss"]
-        self._window["loss"] += float(loss.detach())
         n_clusters = unwrap(self.modules.wav2vec2).heads.n_clusters
-        for k, value in zip(n_clusters, predictions["per_k"]):
-            self._window[f"ce_k{k}"] = self._window.get(f"ce_k{k}", 0.0) + float(value.detach())
-        self._window["batches"] += 1
+        per_k = {f"ce_k{k}": value.detach() for k, value in zip(n_clusters, predictions["per_k"])}
+        self.add_to_log(loss=loss.detach(), **per_k)
         return loss
 
 
@@ -262,11 +258,10 @@ def train_ptapt(
     model : PseudoLabelPretraining
         The wav2vec2 and heads.
     hparams : dict
-        ``ptapt_steps``, ``ptapt_batch_seconds``, ``ptapt_num_buckets``,
-        ``ptapt_lr``, ``warmup_steps``, ``ptapt_flat_fraction``,
-        ``ptapt_max_seconds``, ``ptapt_seed``, ``ptapt_ckpt_interval_steps``,
-        ``ptapt_log_interval_steps``, ``ptapt_max_grad_norm``, ``ptapt_opt_class``
-        and optionally ``ptapt_train_logger``.
+        ``ptapt_brain_hparams`` (the Brain's settings: steps, schedule, epoch counter,
+        checkpoint and log intervals, logger), ``ptapt_opt_class``,
+        ``ptapt_batch_seconds``, ``ptapt_num_buckets``, ``ptapt_max_seconds``,
+        ``ptapt_seed`` and ``ptapt_num_workers``.
     run_opts : RunOptions or dict
         SpeechBrain's run options.
     train_manifest : str or Path
@@ -278,23 +273,32 @@ def train_ptapt(
         Receives the stage's state; an existing checkpoint is resumed.
     """
     store.check_compatible(train_manifest, model.backbone.config, model.heads.n_clusters)
-    steps = int(hparams["ptapt_steps"])
-    brain, epoch_counter = step_stage_brain(
-        PTAPTBrain, model, hparams, "ptapt", run_opts, checkpointer
+    brain = PTAPTBrain(
+        modules={"wav2vec2": model},
+        opt_class=hparams["ptapt_opt_class"],
+        hparams=hparams["ptapt_brain_hparams"],
+        run_opts=with_default_precision(run_opts),
+        checkpointer=checkpointer,
     )
     max_seconds = hparams["ptapt_max_seconds"]
     dataset = ptapt_dataset(train_manifest, store, model.sample_rate, max_seconds)
-    num_batches = steps * brain.grad_accumulation_factor * world_size()
-    sampler = duration_step_batches(dataset, hparams, "ptapt", max_seconds, num_batches)
+    sampler = duration_batch_sampler(
+        dataset,
+        float(hparams["ptapt_batch_seconds"]),
+        max_seconds,
+        int(hparams["ptapt_num_buckets"]),
+        seed=int(hparams["ptapt_seed"]),
+    )
     logger.info(
         "P-TAPT phase 2 on %d utterances of %s: %d steps of at least %s s of audio, K = %s.",
         len(dataset),
         train_manifest,
-        steps,
+        brain.optimizer_step_limit,
         hparams["ptapt_batch_seconds"],
         model.heads.n_clusters,
     )
-    fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("ptapt_num_workers", 0)))
+    workers = int(hparams.get("ptapt_num_workers", 0))
+    brain.fit_steps(dataset, {"batch_sampler": sampler, "num_workers": workers})
     return brain
 
 
@@ -319,7 +323,7 @@ def pseudo_label_device(hparams: dict[str, Any], run_opts: Any) -> str:
     """Where the phase-1 features are computed and k-means runs: ``kmeans_device``
     when set, else the run's ``--device``, else the GPU when one is present, else
     the CPU."""
-    device = hparams.get("kmeans_device") or stage_run_options(run_opts).get("device")
+    device = hparams.get("kmeans_device") or (run_opts or {}).get("device")
     if device:
         return str(device)
     return "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -391,12 +395,7 @@ def run_ptapt_stage(
     seed_everything(int(hparams["ptapt_seed"]))
     model = hparams["ptapt_model"]()
     brain = train_ptapt(
-        model,
-        {**hparams, "ptapt_train_logger": hparams["ptapt_train_logger"]()},
-        run_opts,
-        train_manifest,
-        store,
-        hparams["ptapt_checkpointer"](),
+        model, hparams, run_opts, train_manifest, store, hparams["ptapt_checkpointer"]()
     )
     if if_main_process():
         save_adapted(

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,7 @@ import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
-from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.seed import seed_everything
 from torch import nn
 from transformers import Wav2Vec2ForPreTraining
@@ -56,16 +50,11 @@ from speechbrain_ptapt.backbone import (
     normalize_waveforms,
     receptive_field_samples,
 )
-from speechbrain_ptapt.checkpointing import RandomState
-from speechbrain_ptapt.dataio import audio_pipeline, cropped_durations, duration_step_batches
-from speechbrain_ptapt.distributed import (
-    make_train_loader,
-    unwrap,
-    with_ddp_options,
-    world_size,
-)
+from speechbrain_ptapt.dataio import audio_pipeline, duration_batch_sampler
+from speechbrain_ptapt.distributed import unwrap
 from speechbrain_ptapt.experiment import write_json
 from speechbrain_ptapt.masking import TimeMask
+from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 
 logger = logging.getLogger(__name__)
 
@@ -450,160 +439,8 @@ class Wav2Vec2Pretraining(nn.Module):
 
 
 # ----------------------------------------------------------------------------
-# Schedule and batches
+# Data and training
 # ----------------------------------------------------------------------------
-
-
-@register_checkpoint_hooks
-class WarmupFlatLinearDecay:
-    """Learning-rate schedule counted in optimizer steps: linear warm-up to ``lr``
-    over ``warmup_steps``, ``flat_fraction`` of ``total_steps`` at ``lr``, then a
-    linear decay that reaches 0 after the last step.
-
-    Calling it before each optimizer step sets the learning rate of that step.
-
-    Arguments
-    ---------
-    lr : float
-        Peak learning rate.
-    total_steps : int
-        Optimizer steps of the whole stage.
-    warmup_steps : int
-        Warm-up steps (step ``s`` of them uses ``lr * s / warmup_steps``).
-    flat_fraction : float
-        Share of ``total_steps`` spent at ``lr`` after the warm-up.
-
-    Example
-    -------
-    >>> schedule = WarmupFlatLinearDecay(1.0, total_steps=100, warmup_steps=10)
-    >>> [round(schedule.lr_at(s), 4) for s in (1, 10, 15, 16, 100)]
-    [0.1, 1.0, 1.0, 0.9884, 0.0116]
-    """
-
-    def __init__(
-        self, lr: float, total_steps: int, warmup_steps: int = 100, flat_fraction: float = 0.05
-    ) -> None:
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be at least 1, got {total_steps}.")
-        if warmup_steps < 0 or not 0.0 <= flat_fraction <= 1.0:
-            raise ValueError(
-                f"Need warmup_steps >= 0 and flat_fraction in [0, 1], got {warmup_steps}, "
-                f"{flat_fraction}."
-            )
-        self.lr = float(lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.flat_steps = int(flat_fraction * total_steps)
-        self.steps_done = 0
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step ``step`` (1-based)."""
-        if step <= self.warmup_steps:
-            return self.lr * step / self.warmup_steps
-        decay_start = self.warmup_steps + self.flat_steps
-        if step <= decay_start:
-            return self.lr
-        decay_steps = self.total_steps - decay_start
-        return self.lr * max(0.0, (self.total_steps - step + 1) / (decay_steps + 1))
-
-    def __call__(self, optimizer: torch.optim.Optimizer) -> float:
-        """Advances one step and sets the learning rate of every parameter group;
-        returns it."""
-        self.steps_done += 1
-        lr = self.lr_at(self.steps_done)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    @mark_as_saver
-    def _save(self, path: str) -> None:
-        torch.save({"steps_done": self.steps_done}, path)
-
-    @mark_as_loader
-    def _recover(self, path: str, end_of_epoch: bool = True) -> None:
-        del end_of_epoch
-        self.steps_done = int(torch.load(path)["steps_done"])
-
-
-class BucketBatchSampler(torch.utils.data.Sampler):
-    """Length-bucketed batches of a fixed number of utterances, for a fixed number
-    of batches (as many passes over the data as needed): TAPT's batches when
-    ``tapt_batch_seconds`` is null. The authors' TAPT trains on batches of at least
-    250 s of audio instead (their ``RandomBucketSampler`` defaults
-    ``dynamic_batch=True``, FT-w2v2-ser ``pretrain/dataloader.py:274-275``, and
-    TAPT's ``pretrain/trainer.py:305-306`` does not override it), which
-    :class:`~speechbrain_ptapt.dataio.DurationBatchSampler` reproduces.
-
-    Each pass sorts the utterances by duration (random order among equal
-    durations), cuts them into ``num_buckets`` buckets of neighbouring lengths,
-    shuffles each bucket, cuts the sequence into batches of ``batch_size`` and
-    shuffles the batches. Pass ``p`` of epoch ``e`` depends only on
-    ``(seed, e, p)``, so an interrupted stage can skip the batches it has seen.
-
-    Arguments
-    ---------
-    durations : sequence of float
-        Duration of each utterance in seconds (cropped length, as trained).
-    batch_size : int
-        Utterances per batch (the last batch of a pass may be smaller).
-    num_batches : int
-        Batches to yield per epoch.
-    num_buckets : int
-        Length buckets per pass.
-    seed : int
-        Seed of the shuffles.
-    """
-
-    def __init__(
-        self,
-        durations: Sequence[float],
-        batch_size: int,
-        num_batches: int,
-        num_buckets: int = 50,
-        seed: int = 0,
-    ) -> None:
-        if not len(durations):
-            raise ValueError("BucketBatchSampler needs at least one utterance.")
-        if batch_size < 1 or num_batches < 0 or num_buckets < 1:
-            raise ValueError(
-                f"Need batch_size >= 1, num_batches >= 0, num_buckets >= 1; got {batch_size}, "
-                f"{num_batches}, {num_buckets}."
-            )
-        self.durations = np.asarray(durations, dtype=np.float64)
-        self.batch_size = int(batch_size)
-        self.num_batches = int(num_batches)
-        self.num_buckets = int(num_buckets)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch (called by SpeechBrain before each epoch)."""
-        self.epoch = int(epoch)
-
-    def one_pass(self, pass_index: int) -> list[list[int]]:
-        """The batches of one pass over every utterance."""
-        rng = np.random.default_rng([self.seed, self.epoch, pass_index])
-        shuffled = rng.permutation(len(self.durations))
-        by_length = shuffled[np.argsort(self.durations[shuffled], kind="stable")]
-        buckets = np.array_split(by_length, min(self.num_buckets, len(by_length)))
-        order = np.concatenate([rng.permutation(bucket) for bucket in buckets])
-        batches = [
-            order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)
-        ]
-        return [batches[i] for i in rng.permutation(len(batches))]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yielded, pass_index = 0, 0
-        while yielded < self.num_batches:
-            for batch in self.one_pass(pass_index):
-                if yielded == self.num_batches:
-                    return
-                yielded += 1
-                yield batch
-            pass_index += 1
-
-    def __len__(self) -> int:
-        return self.num_batches
 
 
 def tapt_dataset(
@@ -617,47 +454,22 @@ def tapt_dataset(
     return dataset
 
 
-# ----------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------
-
-
-class TAPTBrain(sb.Brain):
+class TAPTBrain(StepStageBrain):
     """Continues wav2vec2's self-supervised training (``modules.wav2vec2``, a
-    :class:`Wav2Vec2Pretraining`) for a fixed number of optimizer steps.
+    :class:`Wav2Vec2Pretraining`) for a fixed number of optimizer steps (the
+    stage's settings: :class:`~speechbrain_ptapt.training.StepStageBrain`).
 
-    Expects in hparams: ``lr_scheduler`` (a :class:`WarmupFlatLinearDecay`),
-    optionally ``train_logger`` and ``log_interval_steps`` (every that many
-    optimizer steps, log the means over the window's batches of: ``loss``, the
-    loss optimised; ``loss_per_masked_frame``; ``contrastive``, the contrastive
-    loss per masked frame; ``diversity``, the codebook term
-    ``(G*V - perplexity) / (G*V)``; ``masked_frames`` per batch; and the learning
-    rate, plus the Gumbel temperature when it is annealed). The loss optimised is
-    :attr:`PretrainingLoss.objective`: with the ``sum`` reduction (transformers
-    4.10, the authors' code) it grows with the masked frames of a batch, so
-    SpeechBrain's running ``train_loss`` does too; ``loss_per_masked_frame``
-    compares across batch sizes. Before each batch the model's Gumbel temperature
-    is set for the optimizer steps done (:meth:`Wav2Vec2Pretraining.set_num_updates`).
-
-    A ``max_grad_norm`` of 0 or less means no gradient clipping.
+    The loss optimised is :attr:`PretrainingLoss.objective`: with the ``sum``
+    reduction (transformers 4.10, the authors' code) it grows with the masked frames
+    of a batch, so SpeechBrain's running ``train_loss`` does too. Each train log line
+    holds the means over its window's batches of: ``loss``, the loss optimised;
+    ``loss_per_masked_frame``, which compares across batch sizes; ``contrastive``, the
+    contrastive loss per masked frame; ``diversity``, the codebook term
+    ``(G*V - perplexity) / (G*V)``; ``masked_frames`` per batch; the learning rate,
+    and the Gumbel temperature when it is annealed. Before each batch the model's
+    Gumbel temperature is set for the optimizer steps done
+    (:meth:`Wav2Vec2Pretraining.set_num_updates`).
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.max_grad_norm is None or self.max_grad_norm <= 0:
-            self.max_grad_norm = math.inf
-        self._reset_window()
-
-    def _reset_window(self) -> None:
-        """Starts a new logging window (sums over its batches of the logged values)."""
-        self._window = {
-            "loss": 0.0,
-            "loss_per_masked_frame": 0.0,
-            "contrastive": 0.0,
-            "diversity": 0.0,
-            "masked_frames": 0.0,
-            "batches": 0,
-        }
 
     def compute_forward(self, batch, stage) -> PretrainingLoss:
         """The summed loss terms of a batch of padded waveforms."""
@@ -669,224 +481,29 @@ class TAPTBrain(sb.Brain):
         """The pretraining loss as the model reduces it (:attr:`PretrainingLoss.objective`)."""
         loss = predictions.objective
         masked = max(predictions.num_masked, 1)
-        self._window["loss"] += float(loss.detach())
-        self._window["loss_per_masked_frame"] += float(predictions.per_masked_frame.detach())
-        self._window["contrastive"] += float(predictions.contrastive.detach()) / masked
-        self._window["diversity"] += float(predictions.codebook_diversity.detach())
-        self._window["masked_frames"] += predictions.num_masked
-        self._window["batches"] += 1
+        self.add_to_log(
+            loss=loss.detach(),
+            loss_per_masked_frame=predictions.per_masked_frame.detach(),
+            contrastive=predictions.contrastive.detach() / masked,
+            diversity=predictions.codebook_diversity.detach(),
+            masked_frames=predictions.num_masked,
+        )
         return loss
 
     def on_fit_batch_start(self, batch, should_step: bool) -> None:
         """Sets the learning rate of the coming optimizer step and the model's
         Gumbel temperature for the optimizer steps done."""
-        if should_step:
-            self.lr = self.hparams.lr_scheduler(self.optimizer)
+        super().on_fit_batch_start(batch, should_step)
         set_num_updates = getattr(unwrap(self.modules.wav2vec2), "set_num_updates", None)
         if set_num_updates is not None:
             set_num_updates(self.optimizer_step)
 
-    def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
-        """Logs the mean loss terms every ``log_interval_steps`` optimizer steps."""
-        interval = int(getattr(self.hparams, "log_interval_steps", 0) or 0)
-        if not should_step or interval <= 0 or self.optimizer_step % interval:
-            return
-        count = max(self._window.pop("batches"), 1)
-        stats = {key: value / count for key, value in self._window.items()}
-        stats["lr"] = float(self.lr)
+    def extra_log_stats(self) -> dict[str, float]:
+        """The quantizer's Gumbel temperature, when it is annealed."""
         model = unwrap(self.modules.wav2vec2)
         if getattr(model, "gumbel_temperature_annealed", False):
-            stats["gumbel_temperature"] = float(model.model.quantizer.temperature)
-        train_logger = getattr(self.hparams, "train_logger", None)
-        if train_logger is not None:
-            train_logger.log_stats(stats_meta={"step": self.optimizer_step}, train_stats=stats)
-        self._reset_window()
-
-    def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
-        """End of the stage: a final checkpoint, so a rerun finds it finished."""
-        if stage == sb.Stage.TRAIN and self.checkpointer is not None:
-            self.step = 0  # the epoch is over (SpeechBrain resets it after this hook)
-            self.checkpointer.save_and_keep_only(
-                meta={"optimizer_step": self.optimizer_step, "train_loss": float(stage_loss)},
-                num_to_keep=1,
-            )
-
-
-#: Mixed precision of every training stage on a CUDA device unless ``--precision``
-#: says otherwise: the authors train all stages with PyTorch Lightning's
-#: ``precision=16``, ``amp_backend='native'`` (FT-w2v2-ser bin/run_exp_iemocap.sh:6,9,14,
-#: bin/run_exp_iemocap_baseline.sh:6,10, bin/run_exp_iemocap_vft.sh:8;
-#: run_downstream_custom_multiple_fold.py:56-57): fp16 autocast with a gradient scaler,
-#: pytorch-lightning 1.4.5's native AMP plugin (docker/Dockerfile) autocasting the
-#: validation and test steps too. Pseudo-labelling is no Brain and stays fp32, as the
-#: authors' cluster.py (bin/run_exp_iemocap.sh:8 passes no --precision). The paper does
-#: not say.
-CUDA_DEFAULT_PRECISION = "fp16"
-
-
-def default_precision(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with the authors' precision filled in on a CUDA device.
-
-    On CUDA (``device``, or the device SpeechBrain would pick when none is given), a
-    missing ``precision`` becomes :data:`CUDA_DEFAULT_PRECISION` (SpeechBrain then
-    trains under fp16 autocast with a gradient scaler) and a missing
-    ``eval_precision`` follows the training precision, one switch as in the
-    authors' code. On the CPU or with an explicit ``--precision`` (or SpeechBrain's
-    deprecated ``--auto_mix_prec`` / ``--bfloat16_mix_prec``) nothing is added:
-    the CPU stays fp32 unless asked otherwise.
-    """
-    device = str(options.get("device") or sb.utils.distributed.infer_device())
-    if device.split(":")[0] != "cuda":
-        return options
-    resolved = dict(options)
-    if options.get("bfloat16_mix_prec"):
-        train = "bf16"
-    elif options.get("auto_mix_prec"):
-        train = "fp16"
-    else:
-        train = resolved.setdefault("precision", CUDA_DEFAULT_PRECISION)
-    resolved.setdefault("eval_precision", train)
-    return resolved
-
-
-def stage_run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
-    """The user's run options (device, precision ...) with the stage's own values,
-    and the authors' mixed precision on a CUDA device unless the user chose one
-    (:func:`default_precision`)."""
-    if run_opts is None:
-        base: dict[str, Any] = {}
-    elif isinstance(run_opts, dict):
-        base = dict(run_opts)
-    else:
-        base = {key: run_opts[key] for key in run_opts.overridden_args}
-    base.update(forced)
-    return default_precision(base)
-
-
-#: The yaml keys each step-counted stage reads, by prefix (see :func:`step_stage_brain`).
-STEP_STAGE_KEYS = {
-    prefix_keys[0].split("_")[0]: prefix_keys
-    for prefix_keys in (
-        (
-            "tapt_steps",
-            "tapt_lr",
-            "tapt_flat_fraction",
-            "tapt_ckpt_interval_steps",
-            "tapt_max_grad_norm",
-            "tapt_opt_class",
-            "tapt_train_logger",
-            "tapt_log_interval_steps",
-        ),
-        (
-            "ptapt_steps",
-            "ptapt_lr",
-            "ptapt_flat_fraction",
-            "ptapt_ckpt_interval_steps",
-            "ptapt_max_grad_norm",
-            "ptapt_opt_class",
-            "ptapt_train_logger",
-            "ptapt_log_interval_steps",
-        ),
-    )
-}
-
-
-def step_stage_brain(
-    brain_class: type,
-    model: torch.nn.Module,
-    hparams: dict[str, Any],
-    prefix: str,
-    run_opts: Any,
-    checkpointer: sb.utils.checkpoints.Checkpointer | None = None,
-) -> tuple[sb.Brain, EpochCounter]:
-    """The Brain of a stage counted in optimizer steps (TAPT, P-TAPT phase 2).
-
-    Reads ``<prefix>_steps``, ``<prefix>_lr``, ``warmup_steps``,
-    ``<prefix>_flat_fraction``, ``<prefix>_ckpt_interval_steps``,
-    ``<prefix>_max_grad_norm``, ``<prefix>_opt_class`` and optionally
-    ``<prefix>_train_logger`` and ``<prefix>_log_interval_steps``. The stage is one
-    epoch of exactly ``<prefix>_steps`` batches; the checkpointer receives the
-    model, the schedule, the epoch counter and the random state (SpeechBrain adds
-    the optimizer and the data position), so an interrupted stage resumes at the
-    step it reached.
-
-    Returns
-    -------
-    brain : sb.Brain
-        An instance of ``brain_class`` with ``modules.wav2vec2 = model``.
-    epoch_counter : EpochCounter
-        The counter to pass to ``fit``.
-    """
-    optional = (f"{prefix}_train_logger", f"{prefix}_log_interval_steps")
-    missing = [k for k in STEP_STAGE_KEYS[prefix] if k not in hparams and k not in optional]
-    if missing:
-        raise KeyError(f"The {prefix} stage needs the yaml keys {missing}.")
-    steps = int(hparams[f"{prefix}_steps"])
-    scheduler = WarmupFlatLinearDecay(
-        hparams[f"{prefix}_lr"],
-        steps,
-        hparams["warmup_steps"],
-        hparams[f"{prefix}_flat_fraction"],
-    )
-    epoch_counter = EpochCounter(limit=1)
-    if checkpointer is not None:
-        checkpointer.add_recoverables(
-            {
-                "wav2vec2": model,
-                "lr_scheduler": scheduler,
-                "counter": epoch_counter,
-                "rng": RandomState(),
-            }
-        )
-    opts = stage_run_options(
-        run_opts,
-        optimizer_step_limit=steps,
-        ckpt_interval_steps=int(hparams[f"{prefix}_ckpt_interval_steps"]),
-        ckpt_interval_minutes=0.0,
-        max_grad_norm=float(hparams[f"{prefix}_max_grad_norm"]),
-    )
-    # Under DDP: masks that hit no frame leave the mask embedding without a gradient.
-    opts = with_ddp_options(opts, model)
-    brain = brain_class(
-        modules={"wav2vec2": model},
-        opt_class=hparams[f"{prefix}_opt_class"],
-        hparams={
-            "lr_scheduler": scheduler,
-            "train_logger": hparams.get(f"{prefix}_train_logger"),
-            "log_interval_steps": hparams.get(f"{prefix}_log_interval_steps", 0),
-        },
-        run_opts=opts,
-        checkpointer=checkpointer,
-    )
-    return brain, epoch_counter
-
-
-def fit_steps(
-    brain: sb.Brain,
-    epoch_counter: EpochCounter,
-    dataset: DynamicItemDataset,
-    batch_sampler: torch.utils.data.Sampler,
-    num_workers: int = 0,
-    valid_loader: torch.utils.data.DataLoader | None = None,
-) -> None:
-    """Trains a step-counted stage on ``dataset`` batched by ``batch_sampler``,
-    validating on ``valid_loader`` after every epoch when given.
-
-    Under DDP each process takes its share of the sampler's batches
-    (:func:`speechbrain_ptapt.distributed.make_train_loader`): a sampler of
-    ``world_size`` times the stage's steps gives every process the stage's steps.
-    """
-    loader = make_train_loader(
-        brain,
-        dataset,
-        batch_sampler=batch_sampler,
-        num_workers=num_workers,
-        # A private generator: creating the loader's iterator does not draw from
-        # the global random state, so a resumed stage draws what an uninterrupted
-        # one would.
-        generator=torch.Generator(),
-    )
-    brain.fit(epoch_counter, loader, valid_loader)
+            return {"gumbel_temperature": float(model.model.quantizer.temperature)}
+        return {}
 
 
 def train_tapt(
@@ -903,14 +520,12 @@ def train_tapt(
     model : Wav2Vec2Pretraining
         The model, with the weights to adapt.
     hparams : dict
-        ``tapt_steps``, ``tapt_batch_seconds`` (batches of at least that many seconds
-        of length-bucketed audio, as the authors' code; None: ``tapt_batch_size``
-        utterances per batch), ``warmup_steps``,
-        ``tapt_flat_fraction``,
-        ``tapt_lr``, ``tapt_max_seconds``, ``tapt_num_buckets``, ``tapt_seed``,
-        ``tapt_ckpt_interval_steps``, ``tapt_log_interval_steps``,
-        ``tapt_max_grad_norm``, ``tapt_num_workers``, ``tapt_opt_class`` and
-        optionally ``tapt_train_logger``.
+        ``tapt_brain_hparams`` (the Brain's settings: steps, schedule, epoch counter,
+        checkpoint and log intervals, logger), ``tapt_opt_class``,
+        ``tapt_batch_seconds`` (batches of at least that many seconds of
+        length-bucketed audio, as the authors' code; None: ``tapt_batch_size``
+        utterances per batch), ``tapt_max_seconds``, ``tapt_num_buckets``,
+        ``tapt_seed`` and ``tapt_num_workers``.
     run_opts : RunOptions or dict
         SpeechBrain's run options (device, precision ...).
     train_manifest : str or Path
@@ -924,35 +539,36 @@ def train_tapt(
     TAPTBrain
         The brain after training (``optimizer_step`` == ``tapt_steps``).
     """
-    steps = int(hparams["tapt_steps"])
-    brain, epoch_counter = step_stage_brain(
-        TAPTBrain, model, hparams, "tapt", run_opts, checkpointer
+    brain = TAPTBrain(
+        modules={"wav2vec2": model},
+        opt_class=hparams["tapt_opt_class"],
+        hparams=hparams["tapt_brain_hparams"],
+        run_opts=with_default_precision(run_opts),
+        checkpointer=checkpointer,
     )
     max_seconds = hparams["tapt_max_seconds"]
     dataset = tapt_dataset(train_manifest, model.sample_rate, max_seconds)
-    num_batches = steps * brain.grad_accumulation_factor * world_size()
     batch_seconds = hparams.get("tapt_batch_seconds")
-    if batch_seconds is None:
-        sampler = BucketBatchSampler(
-            cropped_durations(dataset, max_seconds),
-            batch_size=int(hparams["tapt_batch_size"]),
-            num_batches=num_batches,
-            num_buckets=int(hparams["tapt_num_buckets"]),
-            seed=int(hparams["tapt_seed"]),
-        )
-        batches = f"{hparams['tapt_batch_size']} utterances"
-    else:
-        sampler = duration_step_batches(dataset, hparams, "tapt", max_seconds, num_batches)
-        batches = f"at least {batch_seconds} s of audio"
+    sampler = duration_batch_sampler(
+        dataset,
+        batch_seconds,
+        max_seconds,
+        int(hparams["tapt_num_buckets"]),
+        seed=int(hparams["tapt_seed"]),
+        batch_size=int(hparams["tapt_batch_size"]),
+    )
     logger.info(
         "TAPT on %d utterances of %s: %d steps of %s (%s).",
         len(dataset),
         train_manifest,
-        steps,
-        batches,
+        brain.optimizer_step_limit,
+        f"at least {batch_seconds} s of audio"
+        if batch_seconds is not None
+        else f"{hparams['tapt_batch_size']} utterances",
         "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
     )
-    fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("tapt_num_workers", 0)))
+    workers = int(hparams.get("tapt_num_workers", 0))
+    brain.fit_steps(dataset, {"batch_sampler": sampler, "num_workers": workers})
     return brain
 
 
@@ -1090,13 +706,7 @@ def run_tapt_stage(
     seed_everything(int(hparams["tapt_seed"]))
     model = hparams["tapt_model"]()
     checkpointer = hparams["tapt_checkpointer"]()
-    brain = train_tapt(
-        model,
-        {**hparams, "tapt_train_logger": hparams["tapt_train_logger"]()},
-        run_opts,
-        train_manifest,
-        checkpointer,
-    )
+    brain = train_tapt(model, hparams, run_opts, train_manifest, checkpointer)
     if if_main_process():
         save_adapted(
             model,

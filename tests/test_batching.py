@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.sampler import ReproducibleRandomSampler
 
-from speechbrain_ptapt.dataio import (
-    DurationBatchSampler,
-    DurationStepBatchSampler,
-    duration_batch_sampler,
-)
+from speechbrain_ptapt.dataio import DurationBatchSampler, duration_batch_sampler
 from speechbrain_ptapt.vft import train_loader_options
 
 
@@ -45,11 +43,19 @@ def _check_greedy(batches, capped, budget):
 
 
 def test_fixed_batches_by_default():
-    assert train_loader_options(_hparams(False), _dataset([1.0] * 8)) == {
-        "batch_size": 4,
-        "shuffle": True,
-        "num_workers": 0,
-    }
+    """batch_size random utterances: SpeechBrain's ReproducibleRandomSampler seeded by
+    run_seed, a new permutation every epoch."""
+    dataset = _dataset([1.0] * 8)
+    options = train_loader_options(_hparams(False), dataset)
+    sampler = options.pop("sampler")
+    assert isinstance(sampler, ReproducibleRandomSampler) and sampler.seed == 7
+    generator = options.pop("generator")
+    assert isinstance(generator, torch.Generator)  # starting an epoch draws no global numbers
+    assert options == {"batch_size": 4, "num_workers": 0}
+    sampler.set_epoch(1)
+    first = list(sampler)
+    sampler.set_epoch(2)
+    assert sorted(first) == list(range(8)) and list(sampler) != first
 
 
 def test_duration_batches_hold_at_least_the_budget_and_drop_only_the_last_short_one():
@@ -58,6 +64,7 @@ def test_duration_batches_hold_at_least_the_budget_and_drop_only_the_last_short_
     options = train_loader_options(_hparams(True), _dataset(durations))
     sampler = options["batch_sampler"]
     assert isinstance(sampler, DurationBatchSampler) and "batch_size" not in options
+    assert "sampler" not in options and "shuffle" not in options
     for epoch in (1, 2, 3):
         sampler.set_epoch(epoch)
         batches = list(sampler)
@@ -125,40 +132,3 @@ def test_batches_hold_their_budget_on_an_iemocap_like_mix(budget):
     assert 1 - seconds.sum() / padded <= 0.10
     covered = sum(len(b) for b in batches)
     assert covered >= len(durations) - budget / capped.min()  # only a short tail dropped
-
-
-def test_step_stages_stream_duration_batches_across_passes_cut_into_epochs():
-    durations = [0.8 + 0.37 * i for i in range(30)]  # 0.8 .. 11.5 s
-    capped = [min(d, 4.0) for d in durations]
-    dataset = _dataset(durations)
-
-    def stream(total, per_epoch):
-        per_pass = duration_batch_sampler(dataset, 9.0, 4.0, num_buckets=4, seed=3)
-        return DurationStepBatchSampler(per_pass, total, per_epoch)
-
-    sampler = stream(25, 10)
-    assert sampler.num_epochs == 3
-    epochs = []
-    for epoch in (1, 2, 3):
-        sampler.set_epoch(epoch)
-        epochs.append([list(map(int, b)) for b in sampler])
-        assert len(epochs[-1]) == len(sampler)
-    assert [len(e) for e in epochs] == [10, 10, 5]
-    # the epochs are consecutive slices of one stream of whole passes
-    passes = [stream(1, 1).one_pass(p) for p in range(4)]
-    flat_stream = [[int(i) for i in b] for one in passes for b in one]
-    assert len(flat_stream) >= 25
-    assert [b for e in epochs for b in e] == flat_stream[:25]
-    for one in passes:  # every pass holds each utterance at most once, at least the budget
-        flat = [int(i) for b in one for i in b]
-        assert len(flat) == len(set(flat))
-        assert sum(capped) - sum(capped[i] for i in flat) < 9.0
-        _check_greedy(one, capped, 9.0)
-    assert passes[0] != passes[1]  # a new shuffle each pass
-    # rebuilt from the same seed: the same batches (what a resumed stage relies on)
-    again = stream(25, 10)
-    again.set_epoch(2)
-    assert [list(map(int, b)) for b in again] == epochs[1]
-    whole = stream(25, None)
-    whole.set_epoch(1)
-    assert whole.num_epochs == 1 and [list(map(int, b)) for b in whole] == flat_stream[:25]

@@ -22,7 +22,8 @@ from conftest import IEMOCAP_RECIPES, run_recipe_script
 from speechbrain_ptapt.frame_emotion import FrameEmotionBrain
 from speechbrain_ptapt.ptapt import PTAPTBrain
 from speechbrain_ptapt.synthetic import make_iemocap
-from speechbrain_ptapt.tapt import TAPTBrain, stage_run_options
+from speechbrain_ptapt.tapt import TAPTBrain
+from speechbrain_ptapt.training import with_default_precision
 from speechbrain_ptapt.vft import VFTBrain
 
 BRAINS = (VFTBrain, TAPTBrain, PTAPTBrain, FrameEmotionBrain)
@@ -108,12 +109,12 @@ def test_bf16_runs_both_ptapt_phases_under_autocast(corpus, tiny_wav2vec2, tmp_p
     assert (out / "fold_2" / "ptapt" / "adapted_wav2vec2" / "config.json").is_file()
 
 
-def _resolved(argv: list[str], monkeypatch, inferred: str = "cpu") -> dict:
+def _resolved(argv: list[str], monkeypatch, inferred: str = "cpu") -> sb.core.RunOptions:
     """The run options every stage's Brain gets from a command line, on a machine
     where SpeechBrain would pick ``inferred`` when no --device is given."""
     monkeypatch.setattr(sb.utils.distributed, "infer_device", lambda: inferred)
-    _, run_opts, _ = sb.parse_arguments(["hparams/vft.yaml", *argv])
-    return stage_run_options(run_opts, max_grad_norm=5.0)
+    _, run_opts, _ = sb.parse_arguments(["hparams/vft.yaml", *argv, "--max_grad_norm=5.0"])
+    return with_default_precision(run_opts)
 
 
 @pytest.mark.parametrize(
@@ -133,9 +134,17 @@ def test_cuda_defaults_to_the_authors_fp16_unless_precision_is_given(
     argv, inferred, expected, monkeypatch
 ):
     options = _resolved(argv, monkeypatch, inferred)
-    assert options["max_grad_norm"] == 5.0  # the stage's own values stay
-    defaults = sb.core.RunOptions()
-    train = options.get("precision", defaults.precision)
-    evaluation = options.get("eval_precision", defaults.eval_precision)
-    assert (train, evaluation) == expected
+    assert options.max_grad_norm == 5.0  # the user's other options stay
+    assert (options.precision, options.eval_precision) == expected
+    if expected[0] != "fp32":  # given or added: a precision in a Brain's hparams never wins
+        assert "precision" in options.overridden_args
+
+
+def test_default_precision_keeps_a_dict_of_run_options_a_dict(monkeypatch):
+    monkeypatch.setattr(sb.utils.distributed, "infer_device", lambda: "cpu")
+    assert with_default_precision({"device": "cpu"}) == {"device": "cpu"}
+    assert with_default_precision({"device": "cuda:0", "eval_precision": "fp32"}) == {
+        "device": "cuda:0", "eval_precision": "fp32", "precision": "fp16"
+    }
+    assert with_default_precision(None) == {}
 

@@ -22,9 +22,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from speechbrain.dataio.dataset import DynamicItemDataset
 from transformers import Wav2Vec2ForPreTraining
 
 from speechbrain_ptapt import tapt
+from speechbrain_ptapt.dataio import duration_batch_sampler
 from speechbrain_ptapt.domain_shift import audio_files, main, pretraining_loss
 from speechbrain_ptapt.experiment import load_hparams
 from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
@@ -32,15 +34,14 @@ from speechbrain_ptapt.iemocap import prepare_iemocap
 from speechbrain_ptapt.synthetic import make_iemocap
 from speechbrain_ptapt.tapt import (
     MARKER_FILE,
-    BucketBatchSampler,
     TAPTBrain,
     TAPTSettingsError,
-    WarmupFlatLinearDecay,
     Wav2Vec2Pretraining,
     run_tapt_stage,
     tapt_fingerprint,
 )
 from speechbrain_ptapt.tiny import make_tiny_wav2vec2
+from speechbrain_ptapt.training import WarmupFlatLinearDecay
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "IEMOCAP"
@@ -162,19 +163,27 @@ def test_schedule_warms_up_stays_flat_then_decays_to_zero(tmp_path):
     assert resumed(optimizer) == schedule(optimizer)
 
 
-def test_bucketed_batches_group_similar_lengths_and_cover_every_utterance():
+def test_batches_of_a_fixed_size_group_similar_lengths_as_the_authors_sampler():
+    """tapt_batch_seconds null: tapt_batch_size utterances per batch from length
+    buckets visited in a random order (the authors' dynamic_batch=False,
+    pretrain/dataloader.py:298-314), one pass per epoch."""
     rng = np.random.default_rng(0)
     durations = rng.uniform(0.5, 10.0, size=200)
-    sampler = BucketBatchSampler(durations, batch_size=8, num_batches=60, num_buckets=10, seed=3)
+    dataset = DynamicItemDataset({f"u{i}": {"duration": float(d)} for i, d in enumerate(durations)})
+    sampler = duration_batch_sampler(dataset, None, None, num_buckets=10, seed=3, batch_size=8)
+    sampler.set_epoch(1)
     batches = list(sampler)
-    assert len(batches) == len(sampler) == 60
-    first_pass = [i for batch in batches[:25] for i in batch]
-    assert sorted(first_pass) == list(range(200))  # one pass = every utterance once
-    spread = np.mean([np.ptp(durations[b]) for b in batches])
-    random_spread = np.mean([np.ptp(durations[rng.choice(200, 8)]) for _ in range(60)])
+    assert len(batches) == len(sampler) == 25 and all(len(b) == 8 for b in batches)
+    assert sorted(i for batch in batches for i in batch) == list(range(200))  # one pass
+    bucket_of = np.empty(200, dtype=int)
+    for k, bucket in enumerate(sampler.buckets):
+        bucket_of[bucket] = k
+    assert all(len(set(bucket_of[b])) <= 2 for b in batches)  # a bucket, or the seam of two
+    spread = np.median([np.ptp(durations[b]) for b in batches])
+    random_spread = np.median([np.ptp(durations[rng.choice(200, 8)]) for _ in range(60)])
     assert spread < 0.3 * random_spread
     assert list(sampler) == batches  # reproducible, so a resumed stage can skip batches
-    sampler.set_epoch(1)
+    sampler.set_epoch(2)
     assert list(sampler) != batches
 
 
