@@ -29,6 +29,7 @@ from torch import nn
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone, hub_revision, load_pretrained
 from speechbrain_ptapt.dataio import duration_step_batches
 from speechbrain_ptapt.distributed import unwrap, world_size
+from speechbrain_ptapt.kmeans import KMeansSettings
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
     PseudoLabelStore,
@@ -315,6 +316,17 @@ def ptapt_fingerprint(
     return json.loads(json.dumps(settings, default=str))
 
 
+def kmeans_settings(hparams: dict[str, Any]) -> KMeansSettings:
+    """The pseudo-labels' k-means settings from the yaml's ``kmeans_*`` keys."""
+    return KMeansSettings(
+        iterations=int(hparams["kmeans_iterations"]),
+        init=hparams["kmeans_init"],
+        points_per_cluster=int(hparams["kmeans_points_per_cluster"]),
+        fit_set=hparams["kmeans_fit_set"],
+        seed=int(hparams["kmeans_seed"]),
+    )
+
+
 def pseudo_label_device(hparams: dict[str, Any], run_opts: Any) -> str:
     """Where the phase-1 features are computed and k-means runs: ``kmeans_device``
     when set, else the run's ``--device``, else the GPU when one is present, else
@@ -367,13 +379,9 @@ def run_ptapt_stage(
         manifest=train_manifest,
         out_folder=hparams["pseudo_label_folder"],
         n_clusters=[int(k) for k in hparams["n_clusters"]],
-        seed=int(hparams["kmeans_seed"]),
         wav2vec2_config=backbone_config,
-        n_iter=int(hparams["kmeans_iterations"]),
-        max_points_per_cluster=int(hparams["kmeans_points_per_cluster"]),
+        kmeans=kmeans_settings(hparams),
         device=pseudo_label_device(hparams, run_opts),
-        init=hparams["kmeans_init"],
-        fit_set=hparams["kmeans_fit_set"],
     )
     run_on_main(prepare_pseudo_labels, kwargs=labels_kwargs)
     labels_folder = prepare_pseudo_labels(**labels_kwargs)

@@ -71,6 +71,7 @@ from speechbrain_ptapt.experiment import parse_recipe_arguments
 from speechbrain_ptapt.frame_emotion import build_frame_model, frame_emotion_losses
 from speechbrain_ptapt.hparams_check import check_overrides
 from speechbrain_ptapt.iemocap import parse_annotation_file, prepare_iemocap
+from speechbrain_ptapt.kmeans import KMeansSettings
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.pseudo_labels import (
     FINGERPRINT_FILE,
@@ -537,7 +538,7 @@ def _half_hop_config(tiny_wav2vec2: Path) -> Wav2Vec2Config:
 def test_labels_left_by_another_run_are_recomputed(stale, label_manifest, tiny_wav2vec2, tmp_path):
     out = tmp_path / "pseudo_labels"
     config = Wav2Vec2Config.from_pretrained(str(tiny_wav2vec2))
-    settings = {"n_clusters": [2, 3], "n_iter": 2, "seed": 0}
+    settings = {"n_clusters": [2, 3], "kmeans": KMeansSettings(iterations=2)}
     model = StandInFrameModel()
     other = _half_hop_config(tiny_wav2vec2) if stale == "other frame geometry" else config
     prepare_pseudo_labels(model, label_manifest, out, wav2vec2_config=other, **settings)
@@ -562,7 +563,7 @@ def test_labels_that_do_not_fit_are_refused_before_training(
     config = Wav2Vec2Config.from_pretrained(str(tiny_wav2vec2))
     out = prepare_pseudo_labels(
         StandInFrameModel(), label_manifest, tmp_path / "labels", n_clusters=[2, 3],
-        n_iter=2, wav2vec2_config=config,
+        kmeans=KMeansSettings(iterations=2), wav2vec2_config=config,
     )
     manifest = label_manifest
     model = build_ptapt_model(str(tiny_wav2vec2), None, [2, 4] if differs == "K" else [2, 3])
