@@ -17,7 +17,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_ptapt.audio import load_audio
+from speechbrain_ptapt.inference import load_audio
 
 
 class UnknownLabelError(ValueError):

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import AUTHORS_WAV2VEC2_REVISION
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.tapt import Wav2Vec2Pretraining
 
 logger = logging.getLogger(__name__)

@@ -54,16 +54,15 @@ from speechbrain_ptapt.backbone import (
     hub_revision,
     load_feature_extractor,
     load_pretrained,
-    normalize_waveforms,
     wav2vec2_frame_lengths,
 )
 from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.dataio import BatchStream
 from speechbrain_ptapt.distributed import with_ddp_options, world_size
+from speechbrain_ptapt.inference import masked_mean, normalize_waveforms
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
 from speechbrain_ptapt.tapt import WarmupFlatLinearDecay, fit_steps, stage_run_options
-from speechbrain_ptapt.vft import masked_mean
 from speechbrain_ptapt.wav2vec1 import (
     Wav2Vec1,
     Wav2Vec1Config,

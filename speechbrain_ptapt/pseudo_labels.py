@@ -22,7 +22,7 @@ labels were computed from), reusing fresh results and recomputing stale ones.
 into a SpeechBrain data pipeline, cropped consistently with the audio.
 
 Frame alignment: utterance ``u`` of ``num_samples`` samples (as
-:func:`~speechbrain_ptapt.audio.load_audio` reads it, i.e. what the data
+:func:`~speechbrain_ptapt.inference.load_audio` reads it, i.e. what the data
 pipeline feeds the backbone) gets exactly :func:`backbone_frame_counts` label
 frames, the number of frames the wav2vec2 backbone outputs for it. Frame ``f``
 of the phase-1 model is frame ``f`` of wav2vec2 (both 20 ms, starting at sample
@@ -50,9 +50,9 @@ from torch import nn
 from tqdm import tqdm
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths, wav2vec2_hop_samples
 from speechbrain_ptapt.experiment import read_json, write_json
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.kmeans import KMeansSettings, assign_clusters, fit_kmeans
 from speechbrain_ptapt.preparation import atomic_write
 

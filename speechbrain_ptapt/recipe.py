@@ -17,7 +17,6 @@ from typing import Any
 
 import speechbrain as sb
 
-from speechbrain_ptapt.audio import AudioError
 from speechbrain_ptapt.backbone import BackboneLoadError
 from speechbrain_ptapt.dataio import UnknownLabelError
 from speechbrain_ptapt.experiment import (
@@ -36,6 +35,7 @@ from speechbrain_ptapt.experiment import (
     write_summary,
 )
 from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
+from speechbrain_ptapt.inference import AudioError
 from speechbrain_ptapt.preparation import DataPreparationError
 from speechbrain_ptapt.pseudo_labels import PseudoLabelMismatchError
 from speechbrain_ptapt.repeats import (

@@ -49,13 +49,7 @@ from torch import nn
 from transformers import Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _sample_negative_indices
 
-from speechbrain_ptapt.backbone import (
-    hub_revision,
-    load_feature_extractor,
-    load_pretrained,
-    normalize_waveforms,
-    receptive_field_samples,
-)
+from speechbrain_ptapt.backbone import hub_revision, load_feature_extractor, load_pretrained
 from speechbrain_ptapt.checkpointing import RandomState
 from speechbrain_ptapt.dataio import audio_pipeline, cropped_durations, duration_step_batches
 from speechbrain_ptapt.distributed import (
@@ -65,6 +59,7 @@ from speechbrain_ptapt.distributed import (
     world_size,
 )
 from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
 from speechbrain_ptapt.masking import TimeMask
 
 logger = logging.getLogger(__name__)

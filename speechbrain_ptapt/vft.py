@@ -23,29 +23,11 @@ from torch import nn
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
 from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options
 from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.inference import masked_mean
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid frames of each utterance.
-
-    Arguments
-    ---------
-    hidden : torch.Tensor
-        (batch, frames, dim) frame representations.
-    frame_mask : torch.Tensor
-        (batch, frames) bool, True on valid frames (padding excluded).
-
-    Returns
-    -------
-    torch.Tensor
-        (batch, dim).
-    """
-    weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class EmotionClassifier(nn.Module):

@@ -64,13 +64,13 @@ from conftest import REPO, run_recipe_script
 from test_pseudo_labels import StandInFrameModel
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
 from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
 from speechbrain_ptapt.experiment import parse_recipe_arguments
 from speechbrain_ptapt.frame_emotion import build_frame_model, frame_emotion_losses
 from speechbrain_ptapt.hparams_check import check_overrides
 from speechbrain_ptapt.iemocap import parse_annotation_file, prepare_iemocap
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.kmeans import KMeansSettings
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.pseudo_labels import (

@@ -26,9 +26,9 @@ from torch import nn
 from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt import pseudo_labels
-from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
 from speechbrain_ptapt.iemocap import prepare_iemocap
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.kmeans import KMeansSettings, assign_clusters, fit_kmeans
 from speechbrain_ptapt.pseudo_labels import (
     IGNORE_INDEX,

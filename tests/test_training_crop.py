@@ -13,9 +13,9 @@ import soundfile as sf
 import torch
 
 import speechbrain_ptapt.dataio as dataio
-from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.experiment import load_hparams
 from speechbrain_ptapt.hparams_check import HparamsError, check_overrides, yaml_defaults
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.vft import fine_tune
 
 REPO = Path(__file__).resolve().parents[1]
