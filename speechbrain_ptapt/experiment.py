@@ -89,13 +89,6 @@ def fold_names(folds: Any) -> list[str]:
     return [str(f) for f in folds]
 
 
-def run_seeds(seed: int, runs: int) -> list[int]:
-    """Seeds of the repeated runs of a fold: ``seed, seed + 1, ...``."""
-    if runs < 1:
-        raise ValueError(f"'runs' must be at least 1, got {runs}.")
-    return [int(seed) + i for i in range(int(runs))]
-
-
 def run_folder(output_folder: str | Path, fold: str, seed: int) -> Path:
     """Folder of one fine-tuning run."""
     return Path(output_folder) / f"fold_{fold}" / f"seed_{seed}"
@@ -228,12 +221,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         for fold in folds:
             entry = summary["folds"][fold]
             cell = f"{100 * entry[key]:.1f}"
-            if entry.get("kept_runs", len(entry["runs"])) > 1:
+            if entry["kept_runs"] > 1:
                 cell += f" ± {100 * entry[f'{key}_std']:.1f}"
             cells.append(cell)
         cells.append(f"{100 * summary['mean'][key]:.1f}" if summary["mean"] else "-")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    runs = {f.get("kept_runs", len(f["runs"])) for f in summary["folds"].values()}
+    runs = {f["kept_runs"] for f in summary["folds"].values()}
     lines += [
         "",
         f"Runs per fold: {', '.join(str(r) for r in sorted(runs))}. UA = unweighted accuracy "

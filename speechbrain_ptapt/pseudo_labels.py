@@ -317,11 +317,6 @@ class FeatureDump:
         """(frames, dim) float32 memory-mapped features of every utterance, in order."""
         return np.load(self.folder / FEATURES_FILE, mmap_mode="r")
 
-    def utterance_features(self, index: int) -> np.ndarray:
-        """(frames, dim) features of the ``index``-th utterance (memory-mapped)."""
-        start = int(self.offsets[index])
-        return self.features[start : start + int(self.lengths[index])]
-
     @classmethod
     def load(cls, folder: str | Path) -> FeatureDump:
         """Opens a finished dump; FileNotFoundError when there is none in ``folder``."""
@@ -1349,17 +1344,5 @@ def cropped_audio_with_labels(
         labels = store[utt_id]
         crop, start = hop_aligned_crop(sig, max_samples, hop)
         return crop, crop_labels(labels, start // hop, int(frames_of(crop.shape[0])))
-
-    return read
-
-
-def cluster_labels_pipeline(store: PseudoLabelStore):
-    """A dynamic item ``@takes("id") @provides("cluster_labels")``: the whole
-    utterance's (frames, number of K) labels, for uncropped audio."""
-
-    @sb.utils.data_pipeline.takes("id")
-    @sb.utils.data_pipeline.provides("cluster_labels")
-    def read(utt_id: str) -> torch.Tensor:
-        return store[utt_id]
 
     return read

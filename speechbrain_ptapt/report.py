@@ -273,8 +273,8 @@ def _amount(summary: Mapping[str, Any]) -> tuple[str, float]:
 
 
 def experiment_from_summary(summary: Mapping[str, Any], source: str) -> Experiment:
-    """An :class:`Experiment` from a summary dict (older summaries without
-    ``discarded`` flags count every run as kept)."""
+    """An :class:`Experiment` from a summary dict as
+    :func:`speechbrain_ptapt.experiment.summarize` writes it."""
     folds, discarded, hours = {}, [], {}
     for fold, entry in summary["folds"].items():
         kept = []

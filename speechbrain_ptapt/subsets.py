@@ -82,11 +82,6 @@ class SubsetOptions:
             seed=int(hparams.get("subset_seed", hparams.get("seed", 1986))),
         )
 
-    @property
-    def is_full(self) -> bool:
-        """True when the whole training set is used."""
-        return self.hours is None and float(self.fraction) == 1.0
-
 
 @dataclass(frozen=True)
 class TrainingSubset:
