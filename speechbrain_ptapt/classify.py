@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from speechbrain_ptapt.inference import EmotionRecognizer
+
 
 def classify_files(recognizer, files: list[str]) -> list[dict[str, Any]]:
     """Classifies each file; an error is recorded for that file and the next one goes on.
@@ -72,8 +74,6 @@ def load_recognizer(source: str, device: str, savedir: str | None = None):
     FileNotFoundError
         ``source`` is a path (not a Hub id) without an exported model.
     """
-    from speechbrain_ptapt.inference import EmotionRecognizer
-
     folder = Path(source).expanduser()
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
     if folder.is_dir() and not (folder / "hyperparams.yaml").is_file():

@@ -57,8 +57,16 @@ from speechbrain_ptapt.backbone import (
     wav2vec2_frame_lengths,
 )
 from speechbrain_ptapt.checkpointing import RandomState
-from speechbrain_ptapt.dataio import BatchStream
+from speechbrain_ptapt.dataio import (
+    BatchStream,
+    check_labels,
+    duration_step_batches,
+    emotion_dataset,
+    inverse_prior_weights,
+    make_label_encoder,
+)
 from speechbrain_ptapt.distributed import with_ddp_options, world_size
+from speechbrain_ptapt.experiment import load_hparams, read_json, write_json
 from speechbrain_ptapt.inference import masked_mean, normalize_waveforms
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
@@ -968,8 +976,6 @@ def split_validation(
     tuple of Path
         ``(train_split.json, valid_split.json)``, subsets of ``manifest``.
     """
-    from speechbrain_ptapt.experiment import read_json, write_json
-
     if not 0.0 < valid_ratio < 1.0:
         raise ValueError(f"frame_valid_ratio must be in (0, 1), got {valid_ratio}")
     data = read_json(manifest)
@@ -1252,8 +1258,6 @@ def validation_loader(
     DataLoader
         Batches in the same order at every validation.
     """
-    from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
-
     crop = hparams["frame_valid_crop"] == "shortest"
     encoder = make_label_encoder(hparams["classes"])
     valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=not crop)
@@ -1314,12 +1318,6 @@ def train_frame_model(
     FrameEmotionBrain
         The brain after training (``optimizer_step == frame_steps``).
     """
-    from speechbrain_ptapt.dataio import (
-        duration_step_batches,
-        emotion_dataset,
-        make_label_encoder,
-    )
-
     steps = int(hparams["frame_steps"])
     select_by = str(hparams["frame_select_by"])
     selection_rank(select_by)  # an unknown criterion fails before training
@@ -1580,9 +1578,6 @@ def run_frame_stage(
     Path
         The ``final`` folder, for :func:`load_frame_model`.
     """
-    from speechbrain_ptapt.dataio import check_labels, inverse_prior_weights
-    from speechbrain_ptapt.experiment import load_hparams, write_json
-
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = Path(manifests["train"])
     folder = Path(hparams["frame_folder"])

@@ -52,6 +52,7 @@ from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths, wav2vec2_hop_samples
 from speechbrain_ptapt.experiment import read_json, write_json
+from speechbrain_ptapt.frame_emotion import load_frame_model
 from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.kmeans import KMeansSettings, assign_clusters, fit_kmeans
 from speechbrain_ptapt.preparation import atomic_write
@@ -985,8 +986,6 @@ def _drop_codebooks_of_other_features(out_folder: Path, features: dict[str, Any]
 
 
 def _load_frame_model(folder: Path, device: str | torch.device) -> nn.Module:
-    from speechbrain_ptapt.frame_emotion import load_frame_model
-
     return load_frame_model(folder, map_location=device)
 
 

@@ -25,10 +25,13 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 from torch import nn
+from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone, hub_revision, load_pretrained
 from speechbrain_ptapt.dataio import duration_step_batches
 from speechbrain_ptapt.distributed import unwrap, world_size
+from speechbrain_ptapt.experiment import load_hparams
+from speechbrain_ptapt.frame_emotion import run_frame_stage
 from speechbrain_ptapt.kmeans import KMeansSettings
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
@@ -357,11 +360,6 @@ def run_ptapt_stage(
     str
         The adapted backbone folder, for ``wav2vec2_hub``.
     """
-    from transformers import Wav2Vec2Config
-
-    from speechbrain_ptapt.experiment import load_hparams
-    from speechbrain_ptapt.frame_emotion import run_frame_stage
-
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = manifests["train"]
     train_only = {"train": train_manifest}

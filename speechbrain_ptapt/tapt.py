@@ -58,7 +58,7 @@ from speechbrain_ptapt.distributed import (
     with_ddp_options,
     world_size,
 )
-from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.experiment import load_hparams, write_json
 from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
 from speechbrain_ptapt.masking import TimeMask
 
@@ -1063,8 +1063,6 @@ def run_tapt_stage(
     TAPTSettingsError
         When the fold's TAPT folder holds results of other settings or data.
     """
-    from speechbrain_ptapt.experiment import load_hparams
-
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = manifests["train"]
     adapted = Path(hparams["tapt_adapted_folder"])

@@ -21,11 +21,19 @@ from speechbrain.utils.distributed import if_main_process
 from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.dataio import (
+    check_labels,
+    duration_batch_sampler,
+    emotion_dataset,
+    inverse_prior_weights,
+    make_label_encoder,
+)
 from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options
-from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.experiment import read_json, write_json
 from speechbrain_ptapt.inference import masked_mean
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
+from speechbrain_ptapt.tapt import stage_run_options
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +172,6 @@ def train_loader_options(hparams: dict, train_set) -> dict:
     (cropped) audio from ``dynamic_batch_buckets`` length buckets
     (:class:`~speechbrain_ptapt.dataio.DurationBatchSampler`) instead of
     ``batch_size`` random utterances."""
-    from speechbrain_ptapt.dataio import duration_batch_sampler
-
     options = dict(hparams["train_dataloader_opts"])
     if not hparams.get("dynamic_batching", False):
         return options
@@ -219,15 +225,6 @@ def fine_tune(
     dict
         ``fold``, ``seed``, ``ua``, ``wa``, ``macro_f1``, ``confusion``, ``classes``.
     """
-    from speechbrain_ptapt.dataio import (
-        check_labels,
-        emotion_dataset,
-        inverse_prior_weights,
-        make_label_encoder,
-    )
-    from speechbrain_ptapt.experiment import read_json
-    from speechbrain_ptapt.tapt import stage_run_options
-
     folder = Path(hparams["run_folder"])
     result_file = folder / "result.json"
     if result_file.is_file():
