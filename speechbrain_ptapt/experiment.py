@@ -23,7 +23,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 
-from speechbrain_ptapt.hparams_check import parse_overrides
+from speechbrain_ptapt.hparams_check import parse_overrides, unknown_override_error, yaml_defaults
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
 from speechbrain_ptapt.preparation import write_json_atomic
 
@@ -69,17 +69,22 @@ def parse_recipe_arguments(
 
 
 def load_hparams(hparams_file: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Loads the yaml with overrides, explaining an override the yaml does not define."""
+    """Loads the yaml with overrides.
+
+    Raises
+    ------
+    HparamsError
+        For an override the yaml does not define (hyperpyyaml's error, with the
+        closest keys suggested).
+    """
     with open(hparams_file, encoding="utf-8") as f:
         try:
             return load_hyperpyyaml(f, overrides)
         except KeyError as err:
-            if "Override" in str(err):
-                raise KeyError(
-                    f"{err.args[0]} (in {hparams_file}): check the spelling of the command "
-                    "line option; every option must be a key of the yaml file."
-                ) from err
-            raise
+            unknown = unknown_override_error(hparams_file, overrides, yaml_defaults(hparams_file))
+            if unknown is None:
+                raise
+            raise unknown from err
 
 
 def fold_names(folds: Any) -> list[str]:

@@ -105,18 +105,18 @@ class KMeansSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if int(self.iterations) < 1:
-            raise ValueError(f"k-means iterations must be at least 1, got {self.iterations}")
-        if int(self.points_per_cluster) < 1:
-            raise ValueError(
-                f"k-means points per cluster must be at least 1, got {self.points_per_cluster}"
-            )
-        if self.init not in KMEANS_INITS:
-            raise ValueError(f"k-means init must be one of {KMEANS_INITS}, got {self.init!r}")
-        if self.fit_set not in KMEANS_FIT_SETS:
-            raise ValueError(
-                f"k-means fit_set must be one of {KMEANS_FIT_SETS}, got {self.fit_set!r}"
-            )
+        for name in ("iterations", "points_per_cluster"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"k-means {name}: expected an integer of at least 1, got {value!r}"
+                )
+        for name, choices in (("init", KMEANS_INITS), ("fit_set", KMEANS_FIT_SETS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"k-means {name}: expected one of {', '.join(choices)}, "
+                    f"got {getattr(self, name)!r}"
+                )
 
 
 @dataclass

@@ -66,9 +66,9 @@ from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
 from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
-from speechbrain_ptapt.experiment import parse_recipe_arguments
+from speechbrain_ptapt.experiment import load_hparams, parse_recipe_arguments
 from speechbrain_ptapt.frame_emotion import build_frame_model, frame_emotion_losses
-from speechbrain_ptapt.hparams_check import check_overrides
+from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
 from speechbrain_ptapt.iemocap import parse_annotation_file, prepare_iemocap
 from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.kmeans import KMeansSettings
@@ -602,6 +602,8 @@ OPTION_ERRORS = [
     ("k-zero", "ptapt", ["--n_clusters=[0]"], ["--n_clusters=[0]", "at least 2"]),
     ("k-repeated", "ptapt", ["--n_clusters=[8,8]"], ["distinct"]),
     ("k-not-a-list", "ptapt", ["--n_clusters=64"], ["expected a list"]),
+    ("kmeans-iterations-zero", "ptapt", ["--kmeans_iterations=0"],
+     ["--kmeans_iterations=0", "at least 1"]),
     ("unknown-frame-encoder", "ptapt", ["--frame_encoder=wav3vec"], ["one of wav2vec1, w2v2_cnn"]),
     ("probability-above-1", "vft", ["--time_mask_prob=1.5"], ["between 0 and 1"]),
     ("batch-seconds-not-a-number", "tapt", ["--tapt_batch_seconds=lots"],
@@ -629,6 +631,14 @@ def test_bad_options_stop_before_anything_runs(
     for fragment in expected:
         assert fragment in message, f"{fragment!r} not in {message!r}"
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_option_given_to_a_later_stage_names_the_closest_keys():
+    """load_hparams (every stage's loader) turns hyperpyyaml's KeyError into the same
+    one-line error as the early check."""
+    yaml = REPO / "recipes" / "IEMOCAP" / "hparams" / "vft.yaml"
+    with pytest.raises(HparamsError, match="Did you mean --number_of_epochs"):
+        load_hparams(str(yaml), {"data_folder": "/data", "numer_of_epochs": 3})
 
 
 def test_good_options_keep_their_yaml_types():
