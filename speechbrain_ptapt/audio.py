@@ -9,10 +9,12 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from speechbrain_ptapt.errors import PtaptError
+
 TARGET_SAMPLE_RATE = 16000
 
 
-class AudioError(RuntimeError):
+class AudioError(PtaptError, RuntimeError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 

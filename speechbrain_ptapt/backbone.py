@@ -21,10 +21,12 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from speechbrain_ptapt.errors import PtaptError
+
 logger = logging.getLogger(__name__)
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(PtaptError, RuntimeError):
     """The wav2vec2 backbone could not be loaded; the message says what to do."""
 
 

@@ -37,7 +37,6 @@ import ast
 import inspect
 import json
 import logging
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -47,8 +46,11 @@ from typing import Any
 import torch
 import yaml
 
+from speechbrain_ptapt.checkpointing import load_checkpoint_file
+from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.model_card import backbone_card, model_card
 from speechbrain_ptapt.naming import METHOD_NAMES
+from speechbrain_ptapt.stage_cache import finish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ CONFIG_BOOKKEEPING = (
 
 #: Package definitions that ``custom_interface.py`` carries inline (module, names).
 INLINED_DEFINITIONS = (
+    ("speechbrain_ptapt.errors", ("PtaptError",)),
     ("speechbrain_ptapt.audio", ("TARGET_SAMPLE_RATE", "AudioError", "to_mono_16k", "load_audio")),
     ("speechbrain_ptapt.backbone", ("normalize_waveforms", "receptive_field_samples")),
     ("speechbrain_ptapt.vft", ("masked_mean",)),
@@ -91,7 +94,7 @@ INLINE_START = "# >>> package definitions"
 INLINE_END = "# <<< package definitions"
 
 
-class ExportError(RuntimeError):
+class ExportError(PtaptError, RuntimeError):
     """A run that cannot be exported, or an upload that failed; the message says why."""
 
 
@@ -206,7 +209,7 @@ def find_run(source: str | Path, run: str | None = None) -> Path:
 def last_checkpoint(run_folder: Path) -> tuple[Path, dict[str, Any]]:
     """``model.ckpt`` of the run's most recent checkpoint (the model the recipe
     evaluated) and the checkpoint's meta data (epoch, training loss)."""
-    from speechbrain.utils.checkpoints import Checkpointer
+    from speechbrain_ptapt.checkpointing import Checkpointer
 
     save = run_folder / "save"
     checkpoint = Checkpointer(str(save)).find_checkpoint() if save.is_dir() else None
@@ -345,6 +348,7 @@ def custom_interface_source() -> str:
                 imports.append(ast.unparse(node))
                 bound |= {_alias_name(a) for a in aliases}
         definitions.extend(sources)
+        bound |= set(names)  # defined inline: later modules' imports of them are dropped
     docstring_end = head.index('"""', 3) + 3
     note = (
         "\n\nThis file is speechbrain_ptapt/inference.py with the package definitions it "
@@ -628,7 +632,7 @@ def export_run(
         label_file = info.run_folder / LABEL_ENCODER_FILE
         if not classes:
             classes = _read_label_encoder(label_file)
-        state = torch.load(info.checkpoint, map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(info.checkpoint)
         name = METHOD_NAMES.get(info.method, info.method)
         header = (
             f"Speech emotion recognition: wav2vec2 fine-tuned with {name} (Chen & Rudnicky, "
@@ -666,10 +670,7 @@ def export_run(
         )
         if info.adapted_backbone is not None:
             copy_backbone(info.adapted_backbone, partial / ADAPTED_FOLDER)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(partial, target)
-    return target
+    return finish_folder(partial, target, replace=True)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
@@ -742,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Exported {folder}")
         if args.push_to_hub:
             print(f"Pushed to {push_to_hub(folder, args.push_to_hub, args.private)}")
-    except ExportError as err:
+    except PtaptError as err:  # ExportError, an unreadable checkpoint ...
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

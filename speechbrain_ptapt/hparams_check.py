@@ -26,8 +26,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import YAMLError
 
+from speechbrain_ptapt.errors import PtaptError
 
-class HparamsError(ValueError):
+
+class HparamsError(PtaptError, ValueError):
     """A command-line override or hparams value with an unknown name, a wrong type
     or a value out of range; the message names the key and what is expected."""
 

@@ -468,7 +468,7 @@ def test_another_seeding_refits_the_codebooks_on_the_same_features(
     model = StandInFrameModel(seed=0)
     prepare_pseudo_labels(model, odd_manifest, out, **settings)
     default = json.loads((out / "fingerprint.json").read_text())
-    assert "init" not in default  # the default keeps the fingerprint it always had
+    assert default["init"] == "random"  # every k-means argument enters the fingerprint
 
     dump = _Spy(monkeypatch, "dump_features")
     kmeans = _Spy(monkeypatch, "fit_kmeans")
@@ -634,8 +634,8 @@ def test_per_k_fit_set_samples_each_k_on_its_own(tmp_path, monkeypatch):
     assert np.array_equal(codebooks[2], sampled.centroids)
     record = json.loads((tmp_path / pseudo_labels.KMEANS_RECORD_FILE).read_text())
     assert [record[k]["fit_frames"] for k in ("2", "8")] == [2000, dump.num_frames]
-    # The per-K codebooks keep the fingerprint they had before the option existed.
-    assert "fit_set" not in record["2"]["fingerprint"]
+    assert record["2"]["fingerprint"]["fit_set"] == "per_k"
+    assert record["2"]["fingerprint"]["fit_frames"] is None
     with pytest.raises(ValueError, match="fit_set"):
         fit_codebooks(dump, [2], out_folder=tmp_path, fit_set="each")
 
@@ -656,7 +656,7 @@ def test_changing_the_fit_set_refits_the_codebooks_and_relabels(
     labels = _Spy(monkeypatch, "write_labels")
     prepare_pseudo_labels(model, odd_manifest, out, fit_set="per_k", **settings)
     assert (dump.calls, kmeans.calls, labels.calls) == (0, 2, 1)
-    assert "fit_set" not in json.loads((out / "fingerprint.json").read_text())
+    assert json.loads((out / "fingerprint.json").read_text())["fit_set"] == "per_k"
     prepare_pseudo_labels(model, odd_manifest, out, fit_set="per_k", **settings)
     assert (dump.calls, kmeans.calls, labels.calls) == (0, 2, 1)
     prepare_pseudo_labels(model, odd_manifest, out, **settings)
