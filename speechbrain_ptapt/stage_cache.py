@@ -19,10 +19,11 @@ Fingerprint
 
 Record
     A published result carries its fingerprint in a record file written last and
-    atomically (:func:`write_json_atomic`); a folder
-    result is assembled under a ``.partial`` name and renamed once complete
-    (:func:`partial_folder`, :func:`finish_folder`). A result is thus either complete
-    with its record, or absent.
+    atomically (:func:`write_json_atomic`); a folder result is assembled under a
+    ``.partial`` name and renamed once complete (:func:`partial_folder`,
+    :func:`finish_folder`). A result is thus either complete with its record, or
+    absent. (The k-means codebooks share one record, ``kmeans.json``, with an entry
+    per K, compared with :func:`differences`.)
 
 Stale-state policy, the same for every stage
     * No record: the stage runs (resuming from its checkpoints, if any).
