@@ -21,12 +21,13 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
 
 logger = logging.getLogger(__name__)
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(PtaptError, RuntimeError):
     """The wav2vec2 backbone could not be loaded; the message says what to do."""
 
 

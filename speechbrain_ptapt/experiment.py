@@ -23,6 +23,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 
+from speechbrain_ptapt.errors import MissingFileError
 from speechbrain_ptapt.hparams_check import parse_overrides, unknown_override_error, yaml_defaults
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
 from speechbrain_ptapt.preparation import write_json_atomic
@@ -60,7 +61,7 @@ def parse_recipe_arguments(
         if beside.is_file():
             path = beside
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Hyperparameter file '{hparams_file}' not found (looked in {Path.cwd()} and "
             f"beside {script_file})."
         )

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -45,14 +44,16 @@ import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.encoder import CategoricalEncoder
-from speechbrain.utils.checkpoints import Checkpointer
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
 from speechbrain_ptapt import inference
 from speechbrain_ptapt.backbone import BackboneLoadError, load_feature_extractor, load_pretrained
+from speechbrain_ptapt.checkpointing import load_checkpoint_file
 from speechbrain_ptapt.dataio import make_label_encoder
+from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.model_card import RunToExport, backbone_card, model_card
 from speechbrain_ptapt.naming import METHOD_NAMES
+from speechbrain_ptapt.stage_cache import finish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ CONFIG_BOOKKEEPING = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(PtaptError, RuntimeError):
     """A run that cannot be exported, or an upload that failed; the message says why."""
 
 
@@ -166,6 +167,7 @@ def find_run(source: str | Path, run: str | None = None) -> Path:
 def last_checkpoint(run_folder: Path) -> tuple[Path, dict[str, Any]]:
     """``model.ckpt`` of the run's most recent checkpoint (the model the recipe
     evaluated) and the checkpoint's meta data (epoch, training loss)."""
+    from speechbrain_ptapt.checkpointing import Checkpointer
     save = run_folder / "save"
     checkpoint = Checkpointer(str(save)).find_checkpoint() if save.is_dir() else None
     if checkpoint is None or "model" not in checkpoint.paramfiles:
@@ -514,7 +516,7 @@ def export_run(
         label_file = info.run_folder / LABEL_ENCODER_FILE
         if not classes:
             classes = _read_label_encoder(label_file)
-        state = torch.load(info.checkpoint, map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(info.checkpoint)
         name = METHOD_NAMES.get(info.method, info.method)
         header = (
             f"Speech emotion recognition: wav2vec2 fine-tuned with {name} (Chen & Rudnicky, "
@@ -552,10 +554,7 @@ def export_run(
         )
         if info.adapted_backbone is not None:
             copy_backbone(info.adapted_backbone, partial / ADAPTED_FOLDER)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(partial, target)
-    return target
+    return finish_folder(partial, target, replace=True)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
@@ -628,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Exported {folder}")
         if args.push_to_hub:
             print(f"Pushed to {push_to_hub(folder, args.push_to_hub, args.private)}")
-    except ExportError as err:
+    except PtaptError as err:  # ExportError, an unreadable checkpoint ...
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -30,11 +30,12 @@ from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import YAMLError
 
 from speechbrain_ptapt.dataio import CROPS
+from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.kmeans import KMeansSettings
 from speechbrain_ptapt.repeats import OUTLIER_REFERENCES
 
 
-class HparamsError(ValueError):
+class HparamsError(PtaptError, ValueError):
     """A command-line override or hparams value with an unknown name, a wrong type
     or a value out of range; the message names the key and what is expected."""
 

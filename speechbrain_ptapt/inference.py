@@ -38,7 +38,17 @@ from transformers import Wav2Vec2Model
 TARGET_SAMPLE_RATE = 16000
 
 
-class AudioError(RuntimeError):
+class PtaptError(Exception):
+    """An error in the user's data, settings or files; the message says what to do.
+
+    The base class of every such error of the package (see
+    :mod:`speechbrain_ptapt.errors`, which re-exports it). It is defined here because
+    this module is copied verbatim into exported models and imports nothing of the
+    package, and the audio errors below must be of this class there too.
+    """
+
+
+class AudioError(PtaptError, RuntimeError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 

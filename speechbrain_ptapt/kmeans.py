@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from speechbrain_ptapt.errors import InputError
+
 __all__ = [
     "KMEANS_FIT_SETS",
     "KMEANS_INITS",
@@ -108,12 +110,12 @@ class KMeansSettings:
         for name in ("iterations", "points_per_cluster"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise InputError(
                     f"k-means {name}: expected an integer of at least 1, got {value!r}"
                 )
         for name, choices in (("init", KMEANS_INITS), ("fit_set", KMEANS_FIT_SETS)):
             if getattr(self, name) not in choices:
-                raise ValueError(
+                raise InputError(
                     f"k-means {name}: expected one of {', '.join(choices)}, "
                     f"got {getattr(self, name)!r}"
                 )

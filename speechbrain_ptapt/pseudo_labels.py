@@ -32,7 +32,9 @@ of the phase-1 model is frame ``f`` of wav2vec2 (both 20 ms, starting at sample
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -51,11 +53,12 @@ from tqdm import tqdm
 from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths, wav2vec2_hop_samples
+from speechbrain_ptapt.errors import MissingFileError, PtaptError
 from speechbrain_ptapt.experiment import read_json, write_json
 from speechbrain_ptapt.frame_emotion import load_frame_model
 from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.kmeans import KMeansSettings, assign_clusters, fit_kmeans
-from speechbrain_ptapt.preparation import atomic_write
+from speechbrain_ptapt.stage_cache import StageCache, atomic_write, canonical, differences
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ FRAME_MODEL_FILES = ("frame_model.ckpt", "frame_model.json")
 DEFAULT_KMEANS = KMeansSettings()
 
 
-class PseudoLabelMismatchError(RuntimeError):
+class PseudoLabelMismatchError(PtaptError, RuntimeError):
     """Pseudo-labels that do not belong to the audio the pipeline reads."""
 
 
@@ -127,7 +130,7 @@ def frame_model_hash(frame_model: str | Path | nn.Module) -> str:
     folder = Path(frame_model)
     missing = [name for name in FRAME_MODEL_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder} is not a phase-1 frame model folder: {', '.join(missing)} missing "
             "(expected the 'final' folder written by the frame-level emotion stage)."
         )
@@ -337,6 +340,18 @@ class FeatureDump:
         )
 
 
+def features_cache(folder: str | Path, fingerprint: dict[str, Any]) -> StageCache:
+    """A feature dump as a cached stage (:mod:`~speechbrain_ptapt.stage_cache`): derived
+    data, recorded in ``index.json`` under ``fingerprint``, computed again when stale."""
+    return StageCache(
+        "pseudo-label features",
+        fingerprint,
+        Path(folder) / INDEX_FILE,
+        expensive=False,
+        field="fingerprint",
+    )
+
+
 def features_fingerprint(
     manifest: str | Path,
     frame_model: str | Path | nn.Module,
@@ -421,13 +436,10 @@ def dump_features(
     out_folder.mkdir(parents=True, exist_ok=True)
     if fingerprint is None:
         fingerprint = features_fingerprint(manifest, model, sample_rate, batch_size)
-    try:
-        existing = FeatureDump.load(out_folder)
-        if existing.fingerprint == fingerprint:
-            logger.info("Feature dump in %s is up to date, reusing it.", out_folder)
-            return existing
-    except FileNotFoundError:
-        pass
+    cache = features_cache(out_folder, fingerprint)
+    if cache.is_done([out_folder / FEATURES_FILE]):
+        logger.info("Feature dump in %s is up to date, reusing it.", out_folder)
+        return FeatureDump.load(out_folder)
     for name in (INDEX_FILE, FEATURES_FILE):
         (out_folder / name).unlink(missing_ok=True)
 
@@ -500,17 +512,13 @@ def dump_features(
         raise ValueError(f"The manifest {manifest} holds no utterance.")
     writer.close()
     os.replace(partial, out_folder / FEATURES_FILE)
-    write_json(
-        out_folder / INDEX_FILE,
-        {
-            "fingerprint": fingerprint,
-            "dim": record["dim"],
-            "sample_rate": int(sample_rate),
-            "ids": ids,
-            "lengths": record["lengths"],
-            "num_samples": record["num_samples"],
-            "emotions": [entries[u].get("emo") for u in ids],
-        },
+    cache.publish(
+        dim=record["dim"],
+        sample_rate=int(sample_rate),
+        ids=ids,
+        lengths=record["lengths"],
+        num_samples=record["num_samples"],
+        emotions=[entries[u].get("emo") for u in ids],
     )
     progress_path.unlink(missing_ok=True)
     dump = FeatureDump.load(out_folder)
@@ -541,16 +549,18 @@ def codebook_fingerprint(
     ``"all"`` when it holds every frame, else its size limit in frames; None for
     the per-K random sample.
     """
-    return {
-        "features": dump.fingerprint,
-        "n_clusters": int(n_clusters),
-        "n_iter": int(kmeans.iterations),
-        "max_points_per_cluster": int(kmeans.points_per_cluster),
-        "seed": int(kmeans.seed),
-        "init": kmeans.init,
-        "fit_set": kmeans.fit_set,
-        "fit_frames": fit_frames,
-    }
+    return canonical(
+        {
+            "features": dump.fingerprint,
+            "n_clusters": int(n_clusters),
+            "n_iter": int(kmeans.iterations),
+            "max_points_per_cluster": int(kmeans.points_per_cluster),
+            "seed": int(kmeans.seed),
+            "init": kmeans.init,
+            "fit_set": kmeans.fit_set,
+            "fit_frames": fit_frames,
+        }
+    )
 
 
 def shared_fitting_rows(lengths: Sequence[int], max_frames: int, seed: int) -> np.ndarray | None:
@@ -659,10 +669,13 @@ def fit_codebooks(
         fingerprint = codebook_fingerprint(dump, k, kmeans, fit_frames)
         path = out_folder / f"kmeans_{k}.npy"
         entry = record.get(str(k))
-        if entry is not None and entry["fingerprint"] == fingerprint and path.is_file():
-            logger.info("k-means codebook K=%d in %s is up to date, reusing it.", k, path)
-            codebooks[k] = np.load(path)
-            continue
+        if entry is not None and path.is_file():
+            changed = differences(entry.get("fingerprint"), fingerprint)
+            if not changed:
+                logger.info("k-means codebook K=%d in %s is up to date, reusing it.", k, path)
+                codebooks[k] = np.load(path)
+                continue
+            logger.info("k-means codebook K=%d differs in %s: fitting it again.", k, changed)
         if kmeans.fit_set == "shared":
             n_fit = dump.num_frames if shared is None else int(shared.size)
             sampling = {"rows": shared}
@@ -934,42 +947,73 @@ def write_labels(
 # ----------------------------------------------------------------------------
 
 
+#: Arguments of :func:`prepare_pseudo_labels` that are inputs, fingerprinted by content
+#: (the features' fingerprint, the frame geometry), or that never change the labels.
+#: Every other argument is a k-means setting and enters :func:`labels_fingerprint`.
+_NOT_KMEANS_ARGUMENTS = (
+    "frame_model",
+    "manifest",
+    "batch_size",
+    "sample_rate",
+    "wav2vec2_config",
+    "out_folder",
+    "device",
+    "keep_features",
+)
+
+
 def labels_fingerprint(
-    features: dict[str, Any],
-    n_clusters: Sequence[int],
-    kmeans: KMeansSettings,
-    wav2vec2_config: Wav2Vec2Config,
+    features: dict[str, Any], wav2vec2_config: Wav2Vec2Config, kmeans: dict[str, Any]
 ) -> dict[str, Any]:
     """What a labels folder depends on: the feature dump's fingerprint (manifest,
-    phase-1 model, sampling rate), K, the k-means settings and wav2vec2's frame
-    geometry."""
-    return {
-        "format": FORMAT_VERSION,
-        "features": features,
-        "n_clusters": [int(k) for k in n_clusters],
-        "seed": int(kmeans.seed),
-        "n_iter": int(kmeans.iterations),
-        "max_points_per_cluster": int(kmeans.points_per_cluster),
-        "init": kmeans.init,
-        "fit_set": kmeans.fit_set,
-        "frame_geometry": frame_geometry(wav2vec2_config),
-    }
+    phase-1 model, sampling rate, batch size), the k-means settings and wav2vec2's
+    frame geometry."""
+    kmeans = {**kmeans, "n_clusters": [int(k) for k in kmeans["n_clusters"]]}
+    return canonical(
+        {
+            **kmeans,
+            "format": FORMAT_VERSION,
+            "features": features,
+            "frame_geometry": frame_geometry(wav2vec2_config),
+        }
+    )
+
+
+def pseudo_labels_fingerprint(**arguments: Any) -> dict[str, Any]:
+    """The fingerprint :func:`prepare_pseudo_labels` gives the labels it makes from
+    ``arguments`` (its own, defaults applied), computed without them: hashes of the
+    manifest and of the phase-1 model, every k-means argument, the frame geometry."""
+    bound = inspect.signature(prepare_pseudo_labels).bind(**arguments)
+    bound.apply_defaults()
+    args = bound.arguments
+    if args["wav2vec2_config"] is None:
+        raise ValueError("wav2vec2_config is needed to align the labels to wav2vec2's frames.")
+    features = features_fingerprint(
+        args["manifest"], args["frame_model"], args["sample_rate"], args["batch_size"]
+    )
+    kmeans = {key: value for key, value in args.items() if key not in _NOT_KMEANS_ARGUMENTS}
+    kmeans.update(dataclasses.asdict(kmeans.pop("kmeans")))  # every KMeansSettings field
+    return labels_fingerprint(features, args["wav2vec2_config"], kmeans)
+
+
+def labels_cache(out_folder: str | Path, fingerprint: dict[str, Any]) -> StageCache:
+    """A labels folder as a cached stage (:mod:`~speechbrain_ptapt.stage_cache`): derived
+    data, recorded in ``fingerprint.json``, computed again when stale."""
+    return StageCache(
+        "pseudo-labels",
+        fingerprint,
+        Path(out_folder) / FINGERPRINT_FILE,
+        expensive=False,
+        field=None,
+    )
 
 
 def labels_are_fresh(out_folder: str | Path, fingerprint: dict[str, Any]) -> bool:
     """True when ``out_folder`` holds finished labels computed from ``fingerprint``."""
     out_folder = Path(out_folder)
-    path = out_folder / FINGERPRINT_FILE
-    if not (
-        path.is_file()
-        and (out_folder / LABELS_FILE).is_file()
-        and (out_folder / INDEX_FILE).is_file()
-    ):
-        return False
-    try:
-        return read_json(path) == fingerprint
-    except ValueError:  # a truncated or foreign fingerprint file: recompute
-        return False
+    return labels_cache(out_folder, fingerprint).is_done(
+        [out_folder / LABELS_FILE, out_folder / INDEX_FILE]
+    )
 
 
 def _drop_codebooks_of_other_features(out_folder: Path, features: dict[str, Any]) -> None:
@@ -1002,6 +1046,12 @@ def prepare_pseudo_labels(
     keep_features: bool = True,
 ) -> Path:
     """Pseudo-labels of every utterance of a manifest, recomputed only when stale.
+
+    The labels, the feature dump and each codebook are cached stages of derived data
+    (:mod:`~speechbrain_ptapt.stage_cache`): reused when their recorded fingerprint
+    matches, computed again otherwise. The labels' fingerprint holds every argument
+    but the inputs (hashed instead) and ``out_folder``, ``device``, ``keep_features``
+    (:func:`pseudo_labels_fingerprint`).
 
     ``out_folder`` receives the labels (:func:`write_labels`), the codebooks
     (:func:`fit_codebooks`) and the feature dump in ``out_folder/features``
@@ -1045,28 +1095,23 @@ def prepare_pseudo_labels(
     Path
         ``out_folder``, ready for :class:`PseudoLabelStore`.
     """
-    if wav2vec2_config is None:
-        raise ValueError("wav2vec2_config is needed to align the labels to wav2vec2's frames.")
+    fingerprint = pseudo_labels_fingerprint(**locals())  # the arguments, first thing
     if len(set(int(k) for k in n_clusters)) != len(list(n_clusters)):
         raise ValueError(f"n_clusters has repeated values: {list(n_clusters)}.")
     out_folder = Path(out_folder)
     features_folder = out_folder / FEATURES_SUBFOLDER
-    feat_fp = features_fingerprint(manifest, frame_model, sample_rate, batch_size)
-    fingerprint = labels_fingerprint(feat_fp, n_clusters, kmeans, wav2vec2_config)
-    if labels_are_fresh(out_folder, fingerprint):
+    feat_fp = fingerprint["features"]
+    labels = labels_cache(out_folder, fingerprint)
+    if labels.is_done([out_folder / LABELS_FILE, out_folder / INDEX_FILE]):
         logger.info("Pseudo-labels in %s are up to date, reusing them.", out_folder)
         return out_folder
 
     logger.info("Pseudo-labels in %s missing or stale: computing them.", out_folder)
     for name in (FINGERPRINT_FILE, LABELS_FILE, INDEX_FILE, DIAGNOSTICS_JSON, DIAGNOSTICS_MD):
         (out_folder / name).unlink(missing_ok=True)
-    try:
+    if features_cache(features_folder, feat_fp).is_done([features_folder / FEATURES_FILE]):
         dump = FeatureDump.load(features_folder)
-        if dump.fingerprint != feat_fp:
-            logger.info("Features in %s are stale: deleting them.", features_folder)
-            shutil.rmtree(features_folder)
-            raise FileNotFoundError
-    except FileNotFoundError:
+    else:
         _drop_codebooks_of_other_features(out_folder, feat_fp)
         model = (
             frame_model
@@ -1084,7 +1129,7 @@ def prepare_pseudo_labels(
         )
     codebooks = fit_codebooks(dump, n_clusters, kmeans, device=device, out_folder=out_folder)
     write_labels(dump, codebooks, out_folder, wav2vec2_config, device=device, fingerprint=None)
-    write_json(out_folder / FINGERPRINT_FILE, fingerprint)
+    labels.publish()
     if not keep_features:
         shutil.rmtree(features_folder)
     return out_folder
@@ -1113,7 +1158,7 @@ class PseudoLabelStore:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         if not (self.folder / LABELS_FILE).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"No pseudo-labels in {self.folder} ({LABELS_FILE} missing): run "
                 "recipes/IEMOCAP/prepare_pseudo_labels.py first."
             )

@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from speechbrain_ptapt.errors import PtaptError
+
 #: Key of an entry's class label in the manifests.
 LABEL_KEY = "emo"
 
 
-class TrainingSubsetError(ValueError):
+class TrainingSubsetError(PtaptError, ValueError):
     """Invalid ``train_fraction`` / ``train_hours`` settings, or a manifest without
     the durations they need."""
 

@@ -28,6 +28,8 @@ import sys
 import torch
 from transformers import Wav2Vec2Config
 
+from speechbrain_ptapt.backbone import load_pretrained
+from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.experiment import configure_stdout_logging
 from speechbrain_ptapt.kmeans import KMEANS_FIT_SETS, KMEANS_INITS, KMeansSettings
 from speechbrain_ptapt.pseudo_labels import prepare_pseudo_labels
@@ -85,29 +87,33 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> None:
-    """Prepares (or reuses) the pseudo-labels and prints their folder."""
+    """Prepares (or reuses) the pseudo-labels and prints their folder; an error in the
+    user's files or settings exits with one ``error:`` line."""
     args = parse_arguments(argv)
     configure_stdout_logging()
-    config = Wav2Vec2Config.from_pretrained(args.wav2vec2_hub)
-    kmeans = KMeansSettings(
-        iterations=args.n_iter,
-        init=args.init,
-        points_per_cluster=args.max_points_per_cluster,
-        fit_set=args.fit_set,
-        seed=args.seed,
-    )
-    folder = prepare_pseudo_labels(
-        args.frame_model,
-        args.manifest,
-        args.out,
-        n_clusters=args.n_clusters,
-        wav2vec2_config=config,
-        kmeans=kmeans,
-        batch_size=args.batch_size,
-        device=args.device,
-        sample_rate=args.sample_rate,
-        keep_features=not args.drop_features,
-    )
+    try:
+        config = load_pretrained(Wav2Vec2Config, args.wav2vec2_hub)
+        kmeans = KMeansSettings(
+            iterations=args.n_iter,
+            init=args.init,
+            points_per_cluster=args.max_points_per_cluster,
+            fit_set=args.fit_set,
+            seed=args.seed,
+        )
+        folder = prepare_pseudo_labels(
+            args.frame_model,
+            args.manifest,
+            args.out,
+            n_clusters=args.n_clusters,
+            wav2vec2_config=config,
+            kmeans=kmeans,
+            batch_size=args.batch_size,
+            device=args.device,
+            sample_rate=args.sample_rate,
+            keep_features=not args.drop_features,
+        )
+    except PtaptError as err:
+        sys.exit(f"error: {' '.join(str(err).split())}")
     print(folder)
 
 
