@@ -21,10 +21,13 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from speechbrain_ptapt.errors import PtaptError
+from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
+
 logger = logging.getLogger(__name__)
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(PtaptError, RuntimeError):
     """The wav2vec2 backbone could not be loaded; the message says what to do."""
 
 
@@ -344,37 +347,6 @@ def wav2vec2_hop_samples(config: Wav2Vec2Config) -> int:
     for stride in config.conv_stride:
         hop *= int(stride)
     return hop
-
-
-def receptive_field_samples(model: Wav2Vec2Model) -> int:
-    """Smallest input length in samples for which the CNN encoder yields one frame.
-
-    Found with the model's own length formula (400 samples for wav2vec2-base).
-    """
-    length = 1
-    while int(model._get_feat_extract_output_lengths(torch.tensor(length))) < 1:
-        length += 1
-    return length
-
-
-def normalize_waveforms(wavs: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
-    """Zero-mean, unit-variance normalisation of each waveform over its valid samples.
-
-    Matches ``Wav2Vec2FeatureExtractor(do_normalize=True)`` applied to each
-    utterance alone; padding stays 0.
-
-    Arguments
-    ---------
-    wavs : torch.Tensor
-        (batch, samples) padded waveforms.
-    num_samples : torch.Tensor
-        (batch,) valid samples of each waveform.
-    """
-    valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < num_samples[:, None]
-    count = num_samples.clamp(min=1).to(wavs.dtype)[:, None]
-    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
-    var = (((wavs - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
-    return (wavs - mean) / torch.sqrt(var + 1e-7) * valid
 
 
 class Wav2Vec2Backbone(nn.Module):

@@ -15,10 +15,11 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_ptapt.audio import load_audio
+from speechbrain_ptapt.errors import PtaptError
+from speechbrain_ptapt.inference import load_audio
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(PtaptError, ValueError):
     """A manifest holds an emotion label outside the recipe's class list."""
 
 

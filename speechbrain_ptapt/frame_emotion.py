@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -50,17 +49,25 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2FeatureEncoder
 
 from speechbrain_ptapt.backbone import (
-    hub_revision,
     load_feature_extractor,
     load_pretrained,
-    normalize_waveforms,
     wav2vec2_frame_lengths,
 )
+from speechbrain_ptapt.checkpointing import load_checkpoint_file
+from speechbrain_ptapt.dataio import duration_batch_sampler, emotion_dataset, make_label_encoder
 from speechbrain_ptapt.distributed import world_size
+from speechbrain_ptapt.experiment import read_json, write_json
+from speechbrain_ptapt.inference import masked_mean, normalize_waveforms
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
+from speechbrain_ptapt.stage_cache import (
+    StageCache,
+    StageKeys,
+    finish_folder,
+    partial_folder,
+    stage_fingerprint,
+)
 from speechbrain_ptapt.training import StepStageBrain, with_default_precision
-from speechbrain_ptapt.vft import masked_mean
 from speechbrain_ptapt.wav2vec1 import (
     Wav2Vec1,
     Wav2Vec1Config,
@@ -124,46 +131,41 @@ RECORD_FILE = "frame_model.json"
 _SETTINGS_FILE = "frame_settings.json"
 _FORMAT_VERSION = 1
 
-#: Hyperparameters that define the stage whatever the encoder.
-_COMMON_KEYS = (
-    "frame_encoder",
-    "classes",
-    "sample_rate",
-    "frame_seed",
-    "frame_steps",
-    "frame_batch_size",
-    "frame_lr",
-    "frame_warmup_steps",
-    "frame_flat_fraction",
-    "frame_valid_ratio",
-    "frame_valid_every",
-    "frame_select_by",
-    "frame_valid_crop",
-    "frame_valid_batch_size",
-    "frame_max_grad_norm",
-    "frame_time_mask_prob",
-    "frame_time_mask_length",
-    "frame_time_mask_min_masks",
-    "frame_channel_mask_prob",
-    "frame_channel_mask_length",
-    "frame_channel_mask_min_masks",
-    "frame_feature_dim",
-    "frame_lstm_dim",
-    "frame_head_dim",
-)
-#: Hyperparameters that define the stage only when set (not null): random crops
-#: (``frame_max_seconds``) and batches by total duration (``frame_batch_seconds``,
-#: bucketed into ``frame_num_buckets``). Absent from the fingerprint otherwise, so
-#: stages run before they existed keep theirs.
-_OPTIONAL_KEYS = {
-    "frame_max_seconds": (),
-    "frame_batch_seconds": ("frame_num_buckets",),
-}
-#: Hyperparameters that define the stage for one encoder only.
-_ENCODER_KEYS = {
+
+#: Keys each encoder leaves unread (kept out of the other encoder's fingerprint).
+_ENCODER_ONLY_KEYS = {
     "wav2vec1": ("wav2vec1_checkpoint",),
-    "w2v2_cnn": ("wav2vec2_hub", "frame_cnn_aggregator_layers", "frame_cnn_aggregator_kernel"),
+    "w2v2_cnn": (
+        "wav2vec2_hub",
+        "wav2vec2_revision",
+        "normalize_waveform",
+        "frame_cnn_aggregator_layers",
+        "frame_cnn_aggregator_kernel",
+    ),
 }
+
+
+def _unused_by_encoder(hparams: Mapping[str, Any]) -> list[str]:
+    """The keys of the encoders ``frame_encoder`` is not (the paper's wav2vec 1.0 reads
+    no wav2vec2 and no CNN aggregator setting; wav2vec2's CNN no wav2vec 1.0 file)."""
+    encoder = hparams.get("frame_encoder")
+    return [key for name, keys in _ENCODER_ONLY_KEYS.items() if name != encoder for key in keys]
+
+
+#: The hparams that define a fold's phase 1 (with its labelled training data's digest):
+#: every ``frame_`` key but the result-neutral ones, and the shared keys it reads.
+FRAME_KEYS = StageKeys(
+    prefixes=("frame_",),
+    shared=(
+        "classes",
+        "sample_rate",
+        "wav2vec1_checkpoint",
+        "wav2vec2_hub",
+        "wav2vec2_revision",
+        "normalize_waveform",
+    ),
+    unused=_unused_by_encoder,
+)
 
 
 # ----------------------------------------------------------------------------
@@ -965,8 +967,6 @@ def split_validation(
     tuple of Path
         ``(train_split.json, valid_split.json)``, subsets of ``manifest``.
     """
-    from speechbrain_ptapt.experiment import read_json, write_json
-
     if not 0.0 < valid_ratio < 1.0:
         raise ValueError(f"frame_valid_ratio must be in (0, 1), got {valid_ratio}")
     data = read_json(manifest)
@@ -1239,8 +1239,6 @@ def validation_loader(
     DataLoader
         Batches in the same order at every validation.
     """
-    from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
-
     crop = hparams["frame_valid_crop"] == "shortest"
     encoder = make_label_encoder(hparams["classes"])
     valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=not crop)
@@ -1298,12 +1296,6 @@ def train_frame_model(
     FrameEmotionBrain
         The brain after training (``optimizer_step == frame_steps``).
     """
-    from speechbrain_ptapt.dataio import (
-        duration_batch_sampler,
-        emotion_dataset,
-        make_label_encoder,
-    )
-
     settings = dict(hparams["frame_brain_hparams"])
     selection_rank(settings["select_by"])  # an unknown criterion fails before training
     valid_every = validation_every_steps(settings["valid_every"])
@@ -1380,12 +1372,13 @@ def labelled_manifest_digest(manifest: str | Path) -> str:
 
 
 def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) -> dict[str, Any]:
-    """The settings that define a fold's phase 1, plus its training data digest.
+    """The settings that define a fold's phase 1 (:data:`FRAME_KEYS`), plus its training
+    data digest.
 
     Arguments
     ---------
     hparams : mapping
-        The stage's hyperparameters (see :data:`_COMMON_KEYS` and :data:`_ENCODER_KEYS`).
+        The stage's hyperparameters.
     train_manifest : str or Path
         The fold's training manifest.
 
@@ -1395,26 +1388,8 @@ def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) ->
         JSON-compatible settings; ``train_manifest`` holds
         :func:`labelled_manifest_digest`.
     """
-    encoder = hparams["frame_encoder"]
-    if encoder not in FRAME_ENCODERS:
-        raise ValueError(f"frame_encoder must be one of {FRAME_ENCODERS}, got {encoder!r}")
-    keys = _COMMON_KEYS + _ENCODER_KEYS[encoder]
-    settings = {key: hparams[key] for key in keys}
-    for key, companions in _OPTIONAL_KEYS.items():
-        if hparams.get(key) is not None:
-            settings.update({k: hparams[k] for k in (key, *companions)})
-    for key in ("wav2vec1_checkpoint", "wav2vec2_hub"):
-        if settings.get(key) is not None:
-            settings[key] = str(settings[key])
-    if encoder == "w2v2_cnn":
-        settings["normalize_waveform"] = hparams.get("normalize_waveform")
-        # A hub id's revision defines its weights; a folder has none.
-        revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
-        if revision is not None:
-            settings["wav2vec2_revision"] = revision
-    settings["classes"] = list(settings["classes"])
-    settings["train_manifest"] = labelled_manifest_digest(train_manifest)
-    return json.loads(json.dumps(settings))
+    digest = labelled_manifest_digest(train_manifest)
+    return stage_fingerprint(FRAME_KEYS, hparams, train_manifest=digest)
 
 
 def save_frame_model(model: FrameEmotionModel, folder: str | Path, record: dict[str, Any]) -> Path:
@@ -1436,18 +1411,16 @@ def save_frame_model(model: FrameEmotionModel, folder: str | Path, record: dict[
     Path
         ``folder``.
     """
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    torch.save(state, partial / MODEL_FILE)
+    partial = partial_folder(folder)
+    _write_state(model, partial)
     content = {"format_version": _FORMAT_VERSION, **record, "architecture": model.architecture()}
-    with open(partial / RECORD_FILE, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2)
-    os.rename(partial, folder)
-    return folder
+    return finish_folder(partial, folder, (RECORD_FILE, content))
+
+
+def _write_state(model: FrameEmotionModel, folder: Path) -> None:
+    """Writes the model's state dict (on the CPU) as ``folder/``:data:`MODEL_FILE`."""
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save(state, folder / MODEL_FILE)
 
 
 def load_frame_model(
@@ -1476,19 +1449,6 @@ def load_frame_model(
     return model.to(map_location).eval()
 
 
-def _recorded_settings(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("settings")
-    except (OSError, ValueError):
-        return None
-
-
-def _differences(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
-    recorded = recorded or {}
-    return sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
-
-
 def run_frame_stage(
     fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: Mapping
 ) -> Path:
@@ -1499,9 +1459,11 @@ def run_frame_stage(
     validation split (``train_split.json``, ``valid_split.json``), checkpoints in
     ``frame_save_folder``, ``train_log.txt`` and finally ``final/`` (:data:`MODEL_FILE`,
     :data:`RECORD_FILE`). A ``final/`` whose recorded fingerprint matches the current
-    settings and training manifest is reused as is; one that does not match is
-    recomputed, as are checkpoints of other settings. An interrupted stage resumes from
-    its last checkpoint.
+    settings and training manifest is reused as is; one that does not match, or
+    checkpoints of other settings, stop the stage with a
+    :class:`~speechbrain_ptapt.errors.StageSettingsError` naming what differs (nothing
+    is deleted; :mod:`speechbrain_ptapt.stage_cache`). An interrupted stage resumes
+    from its last readable checkpoint.
 
     Arguments
     ---------
@@ -1522,42 +1484,23 @@ def run_frame_stage(
         The ``final`` folder, for :func:`load_frame_model`.
     """
     from speechbrain_ptapt.dataio import check_labels, inverse_prior_weights
-    from speechbrain_ptapt.experiment import load_hparams, write_json
-
+    from speechbrain_ptapt.experiment import load_hparams
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = Path(manifests["train"])
     folder = Path(hparams["frame_folder"])
     final = folder / FINAL_FOLDER
-    fingerprint = frame_fingerprint(hparams, train_manifest)
-    if (final / MODEL_FILE).is_file() and (final / RECORD_FILE).is_file():
-        changed = _differences(_recorded_settings(final / RECORD_FILE), fingerprint)
-        if not changed:
-            logger.info("P-TAPT phase 1 of fold %s is finished (%s), skipping it.", fold, final)
-            return final
-        logger.warning(
-            "%s was trained with other settings or data (differs in: %s): training again.",
-            final,
-            ", ".join(changed),
-        )
-
     save_folder = Path(hparams["frame_save_folder"])
-    settings_file = save_folder / _SETTINGS_FILE
-    if if_main_process():
-        if final.exists():
-            shutil.rmtree(final)
-        changed = _differences(_recorded_settings(settings_file), fingerprint)
-        if save_folder.exists() and changed:
-            logger.warning(
-                "Checkpoints in %s belong to other settings or data (differs in: %s): "
-                "removing them.",
-                save_folder,
-                ", ".join(changed),
-            )
-            shutil.rmtree(save_folder)
-        if not settings_file.is_file():
-            save_folder.mkdir(parents=True, exist_ok=True)
-            write_json(settings_file, {"settings": fingerprint})  # atomic
-    ddp_barrier()
+    cache = StageCache(
+        "P-TAPT phase 1",
+        frame_fingerprint(hparams, train_manifest),
+        final / RECORD_FILE,
+        checkpoints=save_folder,
+        checkpoint_record=_SETTINGS_FILE,
+    )
+    if cache.is_done([final / MODEL_FILE]):
+        logger.info("P-TAPT phase 1 of fold %s is finished (%s), skipping it.", fold, final)
+        return final
+    cache.guard_checkpoints()
 
     classes = list(hparams["classes"])
     class_weights = inverse_prior_weights(check_labels(train_manifest, classes), classes)
@@ -1578,14 +1521,12 @@ def run_frame_stage(
     )
     if best is None:
         raise RuntimeError(f"no validated checkpoint in {save_folder}: nothing to select")
-    state = torch.load(best.paramfiles["model"], map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load_checkpoint_file(best.paramfiles["model"]), strict=True)
     if if_main_process():
-        save_frame_model(
-            model,
-            final,
-            {
-                "settings": fingerprint,
+        cache.publish_folder(
+            lambda partial: _write_state(model, partial),
+            **{
+                "format_version": _FORMAT_VERSION,
                 "fold": str(fold),
                 "classes": classes,
                 "sample_rate": int(hparams["sample_rate"]),
@@ -1598,6 +1539,7 @@ def run_frame_stage(
                     if key in best.meta
                 },
                 "optimizer_steps": int(brain.optimizer_step),
+                "architecture": model.architecture(),
             },
         )
         logger.info(

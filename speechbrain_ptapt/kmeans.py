@@ -40,7 +40,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["KMeansResult", "assign_clusters", "fit_kmeans"]
+from speechbrain_ptapt.errors import InputError
+
+__all__ = [
+    "KMEANS_FIT_SETS",
+    "KMEANS_INITS",
+    "KMeansResult",
+    "KMeansSettings",
+    "assign_clusters",
+    "fit_kmeans",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,58 @@ _GATHER_ONCE_FRACTION = 0.25
 _DEVICE_RESIDENT_FRACTION = 0.5
 
 FeatureArray = np.ndarray | torch.Tensor
+
+#: Seeding of the centroids (:func:`fit_kmeans`'s ``init``).
+KMEANS_INITS = ("random", "k-means++")
+#: Fitting frames of the pseudo-label codebooks (yaml ``kmeans_fit_set``):
+#: ``"shared"``, one set for every K as the authors' code; ``"per_k"``, each K on its
+#: own random frames (see :func:`speechbrain_ptapt.pseudo_labels.fit_codebooks`).
+KMEANS_FIT_SETS = ("shared", "per_k")
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """The k-means settings of the P-TAPT pseudo-labels: everything that decides the
+    codebooks besides the features and K (all of it enters their fingerprints).
+
+    Where k-means runs is not a setting: it is the device of the whole pseudo-label
+    preparation, and it changes the codebooks by float rounding at most.
+
+    Attributes
+    ----------
+    iterations : int
+        Maximum Lloyd passes (yaml ``kmeans_iterations``; 20, faiss' default in the
+        authors' code).
+    init : str
+        Centroid seeding, one of :data:`KMEANS_INITS` (yaml ``kmeans_init``).
+    points_per_cluster : int
+        Fitting frames per centroid (of the largest K with the shared fitting set;
+        yaml ``kmeans_points_per_cluster``).
+    fit_set : str
+        One of :data:`KMEANS_FIT_SETS` (yaml ``kmeans_fit_set``).
+    seed : int
+        Seed of the fitting set and of the seeding (yaml ``kmeans_seed``).
+    """
+
+    iterations: int = 20
+    init: str = "random"
+    points_per_cluster: int = 1000
+    fit_set: str = "shared"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "points_per_cluster"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(
+                    f"k-means {name}: expected an integer of at least 1, got {value!r}"
+                )
+        for name, choices in (("init", KMEANS_INITS), ("fit_set", KMEANS_FIT_SETS)):
+            if getattr(self, name) not in choices:
+                raise InputError(
+                    f"k-means {name}: expected one of {', '.join(choices)}, "
+                    f"got {getattr(self, name)!r}"
+                )
 
 
 @dataclass
@@ -487,8 +548,8 @@ def fit_kmeans(
         raise ValueError(f"n_clusters must be positive, got {n_clusters}")
     if n_iter < 1:
         raise ValueError(f"n_iter must be positive, got {n_iter}")
-    if init not in ("random", "k-means++"):
-        raise ValueError(f"init must be 'random' or 'k-means++', got {init!r}")
+    if init not in KMEANS_INITS:
+        raise ValueError(f"init must be one of {KMEANS_INITS}, got {init!r}")
     dev = _resolve_device(device)
     chunk_rows = int(chunk_size) if chunk_size else _auto_chunk_rows(n_clusters)
     if chunk_rows < 1:

@@ -26,8 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +41,20 @@ from torch import nn
 from transformers import Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _sample_negative_indices
 
-from speechbrain_ptapt.backbone import (
-    hub_revision,
-    load_feature_extractor,
-    load_pretrained,
-    normalize_waveforms,
-    receptive_field_samples,
-)
+from speechbrain_ptapt.backbone import load_feature_extractor, load_pretrained
 from speechbrain_ptapt.dataio import audio_pipeline, duration_batch_sampler
 from speechbrain_ptapt.distributed import unwrap
-from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.errors import StageSettingsError
+from speechbrain_ptapt.experiment import load_hparams
+from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
 from speechbrain_ptapt.masking import TimeMask
+from speechbrain_ptapt.stage_cache import (
+    StageCache,
+    StageKeys,
+    finish_folder,
+    partial_folder,
+    stage_fingerprint,
+)
 from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 
 logger = logging.getLogger(__name__)
@@ -61,30 +62,21 @@ logger = logging.getLogger(__name__)
 #: File written into the adapted backbone folder: what it was adapted from and how.
 MARKER_FILE = "tapt_stage.json"
 
-#: Hyperparameters that define a TAPT stage (with the training data's fingerprint).
-FINGERPRINT_KEYS = (
-    "wav2vec2_hub",
-    "sample_rate",
-    "tapt_seed",
-    "tapt_steps",
-    "tapt_batch_size",
-    "warmup_steps",
-    "tapt_flat_fraction",
-    "tapt_lr",
-    "tapt_max_seconds",
-    "tapt_num_buckets",
-    "tapt_gumbel_temperature",
-    "tapt_loss_reduction",
-    "tapt_diversity_scaling",
-    "tapt_max_grad_norm",
+#: The hparams that define a fold's TAPT stage (with its training data's digest): every
+#: ``tapt_`` key but the result-neutral ones, and the shared keys it reads.
+TAPT_KEYS = StageKeys(
+    prefixes=("tapt_",),
+    shared=(
+        "wav2vec2_hub",
+        "wav2vec2_revision",
+        "normalize_waveform",
+        "sample_rate",
+        "warmup_steps",
+    ),
 )
-#: Settings that define the stage only when set (not null); absent from the
-#: fingerprint otherwise, so stages run before they existed keep theirs.
-OPTIONAL_FINGERPRINT_KEYS = ("tapt_batch_seconds",)
 
-
-class TAPTSettingsError(RuntimeError):
-    """A TAPT folder holds the results of different settings or training data."""
+#: A stage folder of other settings or data (kept for code that catches it by this name).
+TAPTSettingsError = StageSettingsError
 
 
 # ----------------------------------------------------------------------------
@@ -587,68 +579,33 @@ def manifest_digest(manifest: str | Path) -> str:
 
 
 def tapt_fingerprint(hparams: dict[str, Any], train_manifest: str | Path) -> dict[str, Any]:
-    """The settings that define a fold's TAPT stage, plus its training data digest."""
-    settings = {key: hparams[key] for key in FINGERPRINT_KEYS}
-    settings.update(
-        {key: hparams[key] for key in OPTIONAL_FINGERPRINT_KEYS if hparams.get(key) is not None}
-    )
-    settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
-    # The hub revision defines the starting weights of a hub id (a folder has none),
-    # so stages adapted from a local folder keep their fingerprint.
-    revision = hub_revision(settings["wav2vec2_hub"], hparams.get("wav2vec2_revision"))
-    if revision is not None:
-        settings["wav2vec2_revision"] = revision
-    settings["normalize_waveform"] = hparams.get("normalize_waveform")
-    settings["train_manifest"] = manifest_digest(train_manifest)
-    return json.loads(json.dumps(settings))
-
-
-def check_settings(path: Path, fingerprint: dict[str, Any], what: str) -> None:
-    """Raises :class:`TAPTSettingsError` naming the changed settings when the
-    fingerprint recorded in ``path`` differs from ``fingerprint``."""
-    with open(path, encoding="utf-8") as f:
-        recorded = json.load(f).get("settings")
-    if recorded != fingerprint:
-        changed = sorted(
-            k
-            for k in set(fingerprint) | set(recorded or {})
-            if (recorded or {}).get(k) != fingerprint.get(k)
-        )
-        raise TAPTSettingsError(
-            f"{what} was produced with other TAPT settings or training data (differs in: "
-            f"{', '.join(changed)}). Use another output_folder, or delete "
-            f"{path.parent} to adapt again."
-        )
-
-
-def guard_checkpoints(save_folder: Path, file_name: str, fingerprint: dict[str, Any]) -> None:
-    """Records ``fingerprint`` in ``save_folder/file_name`` before a stage's first
-    checkpoint, and raises :class:`TAPTSettingsError` when the checkpoints found
-    there were made with other settings or data (every process waits for the main
-    one)."""
-    settings_file = save_folder / file_name
-    if settings_file.is_file():
-        check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
-    elif if_main_process():
-        save_folder.mkdir(parents=True, exist_ok=True)
-        write_json(settings_file, {"settings": fingerprint})  # atomic
-    ddp_barrier()
+    """The settings that define a fold's TAPT stage (:data:`TAPT_KEYS`), plus its
+    training data digest."""
+    return stage_fingerprint(TAPT_KEYS, hparams, train_manifest=manifest_digest(train_manifest))
 
 
 def save_adapted(model: Wav2Vec2Pretraining, folder: str | Path, marker: dict[str, Any]) -> Path:
     """Writes the adapted model (Hugging Face format) and ``MARKER_FILE`` into a
     temporary folder, then renames it to ``folder``: a folder of that name is
     always complete."""
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    partial = partial_folder(folder)
     model.save_pretrained(partial)
-    with open(partial / MARKER_FILE, "w", encoding="utf-8") as f:
-        json.dump(marker, f, indent=2)
-    os.rename(partial, folder)
-    return folder
+    return finish_folder(partial, folder, (MARKER_FILE, marker))
+
+
+def adapted_cache(
+    name: str, hparams: dict[str, Any], prefix: str, fingerprint: dict[str, Any]
+) -> StageCache:
+    """The cache of a stage that writes an adapted backbone (TAPT, P-TAPT phase 2):
+    ``<prefix>_adapted_folder`` with its :data:`MARKER_FILE`, checkpoints guarded in
+    ``<prefix>_save_folder`` by ``<prefix>_settings.json``."""
+    return StageCache(
+        name,
+        fingerprint,
+        Path(hparams[f"{prefix}_adapted_folder"]) / MARKER_FILE,
+        checkpoints=Path(hparams[f"{prefix}_save_folder"]),
+        checkpoint_record=f"{prefix}_settings.json",
+    )
 
 
 def run_tapt_stage(
@@ -681,42 +638,29 @@ def run_tapt_stage(
 
     Raises
     ------
-    TAPTSettingsError
-        When the fold's TAPT folder holds results of other settings or data.
+    StageSettingsError
+        When the fold's TAPT folder holds results or checkpoints of other settings or
+        data (:mod:`speechbrain_ptapt.stage_cache`).
     """
-    from speechbrain_ptapt.experiment import load_hparams
-
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = manifests["train"]
     adapted = Path(hparams["tapt_adapted_folder"])
-    fingerprint = tapt_fingerprint(hparams, train_manifest)
-    if adapted.is_dir():
-        marker = adapted / MARKER_FILE
-        if not marker.is_file():
-            raise TAPTSettingsError(
-                f"{adapted} exists but has no {MARKER_FILE}: it was not written by this "
-                "TAPT stage. Use another output_folder, or delete it to adapt again."
-            )
-        check_settings(marker, fingerprint, str(adapted))
+    cache = adapted_cache("TAPT", hparams, "tapt", tapt_fingerprint(hparams, train_manifest))
+    if cache.is_done():
         logger.info("TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
-
-    guard_checkpoints(Path(hparams["tapt_save_folder"]), "tapt_settings.json", fingerprint)
+    cache.guard_checkpoints()
 
     seed_everything(int(hparams["tapt_seed"]))
     model = hparams["tapt_model"]()
     checkpointer = hparams["tapt_checkpointer"]()
     brain = train_tapt(model, hparams, run_opts, train_manifest, checkpointer)
     if if_main_process():
-        save_adapted(
-            model,
-            adapted,
-            {
-                "settings": fingerprint,
-                "fold": str(fold),
-                "optimizer_steps": int(brain.optimizer_step),
-                "train_manifest": str(train_manifest),
-            },
+        cache.publish_folder(
+            model.save_pretrained,
+            fold=str(fold),
+            optimizer_steps=int(brain.optimizer_step),
+            train_manifest=str(train_manifest),
         )
         logger.info("TAPT of fold %s done: adapted backbone in %s.", fold, adapted)
     ddp_barrier()

@@ -21,31 +21,20 @@ from speechbrain.utils.distributed import if_main_process
 from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.dataio import (
+    check_labels,
+    duration_batch_sampler,
+    emotion_dataset,
+    inverse_prior_weights,
+    make_label_encoder,
+)
+from speechbrain_ptapt.experiment import read_json, write_json
+from speechbrain_ptapt.inference import masked_mean
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
 from speechbrain_ptapt.training import StageBrain, with_default_precision
 
 logger = logging.getLogger(__name__)
-
-
-def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid frames of each utterance.
-
-    Arguments
-    ---------
-    hidden : torch.Tensor
-        (batch, frames, dim) frame representations.
-    frame_mask : torch.Tensor
-        (batch, frames) bool, True on valid frames (padding excluded).
-
-    Returns
-    -------
-    torch.Tensor
-        (batch, dim).
-    """
-    weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class EmotionClassifier(nn.Module):
@@ -192,8 +181,6 @@ def train_loader_options(hparams: dict, train_set) -> dict:
     the global random state, so a run resumed in the middle of an epoch draws the crops
     and masks an uninterrupted one would.
     """
-    from speechbrain_ptapt.dataio import duration_batch_sampler
-
     options = dict(hparams["train_dataloader_opts"])
     if hparams.get("dynamic_batching", False):
         sampler = duration_batch_sampler(
@@ -234,14 +221,6 @@ def fine_tune(
     dict
         ``fold``, ``seed``, ``ua``, ``wa``, ``macro_f1``, ``confusion``, ``classes``.
     """
-    from speechbrain_ptapt.dataio import (
-        check_labels,
-        emotion_dataset,
-        inverse_prior_weights,
-        make_label_encoder,
-    )
-    from speechbrain_ptapt.experiment import read_json
-
     folder = Path(hparams["run_folder"])
     result_file = folder / "result.json"
     if result_file.is_file():

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechbrain_ptapt.errors import MissingFileError, PtaptError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -87,7 +89,7 @@ _FAIRSEQ_LEGACY_NAMES: dict[str, dict[str, str]] = {
 _ACTIVATIONS = ("relu", "gelu")
 
 
-class Wav2Vec1CheckpointError(RuntimeError):
+class Wav2Vec1CheckpointError(PtaptError, RuntimeError):
     """A wav2vec 1.0 checkpoint file cannot be read or does not fit the model."""
 
 
@@ -906,8 +908,8 @@ def load_wav2vec1(
 
     Raises
     ------
-    FileNotFoundError
-        The file does not exist.
+    MissingFileError
+        The file does not exist (a ``FileNotFoundError``).
     Wav2Vec1CheckpointError
         The file cannot be unpickled (truncated or corrupted), is not a wav2vec 1.0
         checkpoint (the message names the file and the architecture found), or its
@@ -916,7 +918,7 @@ def load_wav2vec1(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"wav2vec 1.0 checkpoint not found: {path}. Download it from {WAV2VEC1_LARGE_URL}"
         )
     checkpoint = _read_checkpoint(path, map_location)
@@ -1017,9 +1019,9 @@ def ensure_wav2vec1_checkpoint(
 
     Raises
     ------
-    FileNotFoundError
-        Nothing local and the download failed; the message says where to download the
-        file from and where to put it.
+    MissingFileError
+        Nothing local and the download failed (a ``FileNotFoundError``); the message
+        says where to download the file from and where to put it.
     """
     if path is not None and Path(path).is_file():
         return Path(path)
@@ -1038,7 +1040,7 @@ def ensure_wav2vec1_checkpoint(
     except Exception as err:
         partial.unlink(missing_ok=True)
         requested = f"{path} does not exist and " if path is not None else ""
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No wav2vec 1.0 checkpoint: {requested}downloading {WAV2VEC1_LARGE_URL} failed "
             f"({type(err).__name__}: {err}). Download wav2vec_large.pt by hand from "
             f"{WAV2VEC1_LARGE_URL} and put it at {target}, or anywhere and set "

@@ -21,6 +21,7 @@ from speechbrain_ptapt import frame_emotion
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths
 from speechbrain_ptapt.checkpointing import Checkpointer
 from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
+from speechbrain_ptapt.errors import StageSettingsError
 from speechbrain_ptapt.experiment import load_hparams, read_json, write_json
 from speechbrain_ptapt.frame_emotion import (
     FrameEmotionBrain,
@@ -480,17 +481,29 @@ def test_finished_stage_is_skipped_on_rerun(
     assert (final / "frame_model.ckpt").stat().st_mtime_ns == before
 
 
-def test_stage_is_recomputed_when_the_training_manifest_changes(
+def test_a_stage_of_another_training_manifest_is_refused_then_recomputed_once_deleted(
     workspace: Workspace, finished_stage: FinishedStage, tmp_path: Path
 ) -> None:
     output = tmp_path / "changed"
     shutil.copytree(finished_stage.frame_folder.parent.parent, output)
+    frame_folder = output / finished_stage.frame_folder.relative_to(
+        finished_stage.frame_folder.parent.parent
+    )
     old = read_json(finished_stage.final / "frame_model.json")["settings"]
     train = read_json(workspace.manifests["train"])
     del train[sorted(train)[0]]
     changed = {"train": tmp_path / "train.json", "test": workspace.manifests["test"]}
     write_json(changed["train"], train)
     overrides = {**finished_stage.overrides, "output_folder": str(output)}
+    # A trained stage is never retrained over, nor deleted, behind the user's back.
+    before = {p: p.stat().st_mtime_ns for p in frame_folder.rglob("*") if p.is_file()}
+    with pytest.raises(StageSettingsError) as refused:
+        run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, changed)
+    message = str(refused.value)
+    assert "train_manifest" in message and f"delete {frame_folder} " in message
+    assert {p: p.stat().st_mtime_ns for p in frame_folder.rglob("*") if p.is_file()} == before
+    # Deleted as the message says: trained again, on the new manifest.
+    shutil.rmtree(frame_folder)
     final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, changed)
     new = read_json(final / "frame_model.json")["settings"]
     assert new["train_manifest"] != old["train_manifest"]
@@ -534,9 +547,9 @@ def test_phase_1_batches_by_duration_when_frame_batch_seconds_is_set(
     settings = read_json(final / "frame_model.json")["settings"]
     assert (settings["frame_batch_seconds"], settings["frame_max_seconds"]) == (budget, crop)
     assert settings["frame_num_buckets"] == num_buckets
-    # unset (null), they stay out of the fingerprint of the default stage
+    # unset (null) in the default stage's fingerprint: every setting is recorded
     default = read_json(finished_stage.final / "frame_model.json")["settings"]
-    assert not {"frame_batch_seconds", "frame_max_seconds", "frame_num_buckets"} & set(default)
+    assert (default["frame_batch_seconds"], default["frame_max_seconds"]) == (None, None)
 
 
 class Interrupted(Exception):

@@ -10,7 +10,13 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from speechbrain_ptapt.kmeans import KMeansResult, _accumulate, assign_clusters, fit_kmeans
+from speechbrain_ptapt.kmeans import (
+    KMeansResult,
+    KMeansSettings,
+    _accumulate,
+    assign_clusters,
+    fit_kmeans,
+)
 
 
 def _blobs(
@@ -257,3 +263,12 @@ def test_invalid_arguments() -> None:
         assign_clusters(points, np.zeros((2, 4), dtype=np.float32), device="cpu")
     with pytest.raises(TypeError):
         fit_kmeans(points.tolist(), 2, device="cpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("iterations", 0), ("points_per_cluster", 0), ("init", "kmeans++"), ("fit_set", "each")],
+)
+def test_kmeans_settings_refuse_invalid_values(field, value):
+    with pytest.raises(ValueError, match=field.replace("_", ".")):
+        KMeansSettings(**{field: value})

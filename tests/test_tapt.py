@@ -26,8 +26,10 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from transformers import Wav2Vec2ForPreTraining
 
 from speechbrain_ptapt import tapt
+from speechbrain_ptapt.checkpointing import Checkpointer
 from speechbrain_ptapt.dataio import duration_batch_sampler
 from speechbrain_ptapt.domain_shift import audio_files, main, pretraining_loss
+from speechbrain_ptapt.errors import UnreadableCheckpointError
 from speechbrain_ptapt.experiment import load_hparams
 from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
 from speechbrain_ptapt.iemocap import prepare_iemocap
@@ -545,6 +547,63 @@ def test_interrupted_tapt_resumes_at_the_step_it_reached(stage, corpus, tmp_path
         assert torch.equal(resumed[key], uninterrupted[key]), key
 
 
+def _truncate(path: Path) -> None:
+    """Cuts a file to half its bytes, as a full disk or a bad copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_last_checkpoint_resumes_from_the_previous_readable_one(
+    stage, corpus, tmp_path, caplog
+):
+    """The newest checkpoint's weights cut short: the stage says which file it skipped
+    and why, resumes from the checkpoint before, and ends with the uninterrupted
+    weights; with no readable checkpoint it stops with one message naming the file."""
+    interval, interrupt_after = 5, 17  # checkpoints after steps 5, 10 and 15
+    original_end = TAPTBrain.on_fit_batch_end
+
+    def crash(self, batch, outputs, loss, should_step):
+        original_end(self, batch, outputs, loss, should_step)
+        if self.optimizer_step == interrupt_after:
+            raise Interrupted
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TAPTBrain, "on_fit_batch_end", crash)
+        # Every checkpoint kept, as a crash between saving one and deleting the
+        # previous one (or a backup copy) leaves them.
+        mp.setattr(Checkpointer, "delete_checkpoints", lambda self, *args, **kwargs: None)
+        with pytest.raises(Interrupted):
+            _run_stage(corpus, tmp_path, [], tapt_ckpt_interval_steps=interval)
+    save = tmp_path / "fold_1" / "tapt" / "save"
+    newest, previous, oldest = Checkpointer(save).find_checkpoints()  # most recent first
+
+    # None readable: one message naming the newest's file and what to do.
+    weights = [c.path / "wav2vec2.ckpt" for c in (newest, previous, oldest)]
+    saved = {path: path.read_bytes() for path in weights}
+    for path in weights:
+        _truncate(path)
+    with pytest.raises(UnreadableCheckpointError) as unreadable:
+        _run_stage(corpus, tmp_path, [], tapt_ckpt_interval_steps=interval)
+    message = str(unreadable.value)
+    assert str(weights[0]) in message and "truncated" in message
+    assert f"Delete {newest.path}, {previous.path}, {oldest.path} " in message
+    assert all(c.path.is_dir() for c in (newest, previous, oldest))  # nothing deleted
+
+    for path in weights[1:]:
+        path.write_bytes(saved[path])
+    records: list[dict[str, Any]] = []
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="speechbrain_ptapt.checkpointing"):
+        folder = _run_stage(corpus, tmp_path, records, tapt_ckpt_interval_steps=interval)
+    skipped = [m for m in caplog.messages if "Skipping the checkpoint" in m]
+    assert len(skipped) == 1 and str(newest.path) in skipped[0]
+    assert "wav2vec2.ckpt is truncated" in skipped[0]
+    assert [r["done"] for r in records] == list(range(10, STEPS))  # from step 10, not 0
+    resumed, uninterrupted = _state(folder), _state(stage["folder"])
+    for key in uninterrupted:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
 def test_tapt_batches_by_duration_unless_tapt_batch_seconds_is_null(stage, corpus, tmp_path):
     budget, crop, steps = 2.0, 0.5, 6
     durations = {key: float(item["duration"]) for key, item in corpus["train"].items()}
@@ -567,8 +626,8 @@ def test_tapt_batches_by_duration_unless_tapt_batch_seconds_is_null(stage, corpu
         tapt_steps=steps, tapt_ckpt_interval_steps=0,
     )
     assert [len(r["ids"]) for r in records] == [3] * steps
-    # null keeps the fingerprint of stages made before the setting existed
-    assert "tapt_batch_seconds" not in (folder / MARKER_FILE).read_text()
+    # null is recorded as null: every setting of the stage is in its fingerprint
+    assert json.loads((folder / MARKER_FILE).read_text())["settings"]["tapt_batch_seconds"] is None
 
 
 # ----------------------------------------------------------------------------

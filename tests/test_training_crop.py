@@ -13,9 +13,10 @@ import soundfile as sf
 import torch
 
 import speechbrain_ptapt.dataio as dataio
-from speechbrain_ptapt.audio import load_audio
+import speechbrain_ptapt.vft as vft
 from speechbrain_ptapt.experiment import load_hparams
 from speechbrain_ptapt.hparams_check import HparamsError, check_overrides, yaml_defaults
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.vft import fine_tune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def _fine_tuning_train_set(yaml: Path, overrides: dict, wav: Path, tmp_path: Pat
     hparams = load_hparams(str(yaml), overrides)
     manifest = _manifest(tmp_path, wav, hparams["classes"][0])
     built = []
-    real = dataio.emotion_dataset
+    real = vft.emotion_dataset
 
     def spy(*args, **kwargs):
         if kwargs.get("sort"):  # the test set comes second
@@ -55,7 +56,7 @@ def _fine_tuning_train_set(yaml: Path, overrides: dict, wav: Path, tmp_path: Pat
         built.append(real(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(dataio, "emotion_dataset", spy)
+    monkeypatch.setattr(vft, "emotion_dataset", spy)
     with pytest.raises(_Stop):
         fine_tune(hparams, {"device": "cpu"}, manifest, manifest)
     return built[0]
