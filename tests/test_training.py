@@ -7,6 +7,7 @@ gives its Brain."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,31 @@ def test_a_stage_whose_epoch_counter_runs_out_first_fails():
     two_passes = sum(len(duration_batches().epoch_batches(epoch)) for epoch in (1, 2))
     with pytest.raises(RuntimeError, match=f"after {two_passes} of 25 optimizer steps"):
         brain.fit_steps(toy_dataset(), {"batch_sampler": duration_batches()})
+
+
+def test_stage_mappings_hold_only_references_to_the_stages_flat_keys():
+    """A stage's Brain settings (``*_brain_hparams``) hold objects, so they stay out of
+    the stage's fingerprint: each value must refer (``!ref``) to a flat key, which
+    enters it, and which the command line overrides (``--tapt_steps=...``)."""
+    repo = Path(__file__).resolve().parents[1]
+    files = [
+        *sorted((repo / "recipes").glob("*/hparams/*tapt.yaml")),
+        repo / "tests" / "hparams" / "frame_emotion.yaml",
+    ]
+    mappings = 0
+    for path in files:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines):
+            if not re.match(r"^\w+_brain_hparams:\s*$", line):
+                continue
+            mappings += 1
+            for entry in lines[number + 1 :]:
+                entry = re.sub(r"(^|\s)#.*$", "", entry).rstrip()
+                if not entry:
+                    continue
+                if not entry.startswith(" "):
+                    break
+                value = entry.split(":", 1)[1].strip()
+                constructor = re.fullmatch(r"!(new|name):[\w.]+", value)
+                assert constructor or "!ref <" in value, f"{path.name}: {entry.strip()}"
+    assert mappings == 2 * 3 + 1  # TAPT; P-TAPT phases 1 and 2 (IEMOCAP, SAVEE); the test yaml
