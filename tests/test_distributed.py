@@ -147,14 +147,12 @@ def test_rank_share_forwards_the_epoch():
 def test_unused_parameter_search_is_asked_for_wav2vec2_stages_only(
     tiny_wav2vec2, layerdrop_wav2vec2
 ):
-    masked = Wav2Vec2Backbone(str(tiny_wav2vec2))  # trainable mask embedding
+    masked = Wav2Vec2Backbone(str(tiny_wav2vec2), freeze_mask_embedding=False)
     assert needs_unused_parameter_search(masked)
     assert with_ddp_options({"device": "cpu"}, masked)["find_unused_parameters"] is True
-    frozen = Wav2Vec2Backbone(str(tiny_wav2vec2))
-    frozen.model.masked_spec_embed.requires_grad = False
+    frozen = Wav2Vec2Backbone(str(tiny_wav2vec2))  # fine-tuning: mask embedding frozen
     assert not needs_unused_parameter_search(frozen)
     layerdrop = Wav2Vec2Backbone(str(layerdrop_wav2vec2))
-    layerdrop.model.masked_spec_embed.requires_grad = False
     assert needs_unused_parameter_search(layerdrop)
     assert not needs_unused_parameter_search(torch.nn.LSTM(4, 4))
     assert "find_unused_parameters" not in with_ddp_options({}, torch.nn.Linear(2, 2))
