@@ -372,6 +372,16 @@ class Wav2Vec2Backbone(nn.Module):
         Normalise each waveform to zero mean and unit variance before the CNN;
         None follows the backbone's preprocessor config (see
         :func:`load_feature_extractor`).
+    freeze_mask_embedding : bool
+        Freeze ``masked_spec_embed``, the learned vector that replaces time-masked
+        frames. The authors' fine-tuning and P-TAPT phase 2 never optimise it:
+        their optimizers get the transformer encoder and the heads only
+        (``modules/FeatureFuser.py:120-122``, ``pretrain/trainer.py:192, 258-259``,
+        ``downstream/Custom/trainer.py:57``), and the vector is written in under
+        ``torch.no_grad`` (``modules/FeatureFuser.py:125-147``). (TAPT trains it:
+        its model is :class:`~speechbrain_ptapt.tapt.Wav2Vec2Pretraining`.) Frozen,
+        it needs no unused-parameter search under DDP on batches without masked
+        frames.
 
     Example
     -------
@@ -387,6 +397,7 @@ class Wav2Vec2Backbone(nn.Module):
         layerdrop: float | None = None,
         revision: str | None = None,
         normalize: bool | None = None,
+        freeze_mask_embedding: bool = True,
     ) -> None:
         super().__init__()
         self.source = str(source)
@@ -404,6 +415,7 @@ class Wav2Vec2Backbone(nn.Module):
             self.model.masked_spec_embed = nn.Parameter(
                 torch.empty(self.model.config.hidden_size).uniform_()
             )
+        self.model.masked_spec_embed.requires_grad = not freeze_mask_embedding
         self.min_samples = receptive_field_samples(self.model)
         self.freeze_feature_encoder = freeze_feature_encoder
         if freeze_feature_encoder:

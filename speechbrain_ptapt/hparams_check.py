@@ -165,6 +165,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "frame_select_by": ("valid_loss", "valid_ua"),
     "frame_valid_crop": ("shortest", "none"),
     "train_crop": tuple(CROPS),
+    "time_mask_scope": ("batch", "utterance"),
+    "ptapt_time_mask_scope": ("batch", "utterance"),
 }
 
 #: Settings an object checks itself: yaml key -> (its class, the argument it gives).

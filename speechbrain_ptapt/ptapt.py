@@ -166,7 +166,8 @@ class PseudoLabelPretraining(nn.Module):
     n_clusters : sequence of int
         The K of each labelling, in the order of the label columns.
     time_mask : TimeMask
-        Time masks of the projected features (p 0.06, span 15, at least 2).
+        Time masks of the projected features (p 0.06, span 15, at least 2 per
+        batch row, one span count per batch: ``modules/FeatureFuser.py:137-147``).
     head_dim : int
         Hidden width of the heads.
     """
@@ -464,11 +465,13 @@ def build_ptapt_model(
     layerdrop: float | None = None,
     revision: str | None = None,
     normalize: bool | None = None,
+    time_mask_scope: str = "batch",
 ) -> PseudoLabelPretraining:
     """The phase-2 model: wav2vec2 from ``source`` (at hub ``revision`` for a hub id;
-    CNN encoder and feature projection frozen; waveforms normalised when
-    ``normalize``, None following the preprocessor config) and one pseudo-label
-    head per K."""
+    CNN encoder, feature projection and ``masked_spec_embed`` frozen, as in the
+    authors' code; waveforms normalised when ``normalize``, None following the
+    preprocessor config) and one pseudo-label head per K. ``time_mask_scope``: see
+    :class:`~speechbrain_ptapt.masking.TimeMask`."""
     backbone = Wav2Vec2Backbone(
         source,
         save_path=save_path,
@@ -477,5 +480,5 @@ def build_ptapt_model(
         revision=revision,
         normalize=normalize,
     )
-    time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks)
+    time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks, time_mask_scope)
     return PseudoLabelPretraining(backbone, n_clusters, time_mask, head_dim)

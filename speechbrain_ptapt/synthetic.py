@@ -17,7 +17,7 @@ are learnable.
 Command line::
 
     python -m speechbrain_ptapt.synthetic iemocap OUT [--seed N]
-        [--turns_per_dialog N] [--dialogs_per_session N]
+        [--turns_per_dialog N] [--dialogs_per_session N] [--syllables N]
     python -m speechbrain_ptapt.synthetic savee OUT [--layout original|flat]
         [--seed N] [--per_emotion N] [--neutral N]
 """
@@ -54,6 +54,7 @@ __all__ = [
     "make_iemocap",
     "make_savee",
     "make_voice",
+    "spoken_seconds",
     "synthesize_utterance",
 ]
 
@@ -548,6 +549,33 @@ def synthesize_utterance(
     return (f32(0.95) * np.tanh(speech / f32(0.95))).astype(f32)
 
 
+def spoken_seconds(
+    emotion: str, voice: SpeakerVoice, syllables: int, rng: np.random.Generator
+) -> float:
+    """Length of a read sentence of ``syllables`` syllables, in seconds.
+
+    Its duration follows the speaking rate of the emotion and the speaker (with
+    the per-utterance spread :func:`synthesize_utterance` draws), its pauses, and
+    a short leading and trailing silence: sad speech is slower, so longer, as in
+    acted corpora where every emotion reads the same sentences.
+
+    Args:
+        emotion: an emotion name or a corpus label code (see :func:`synthesize_utterance`).
+        voice: the speaker's voice.
+        syllables: syllables of the sentence.
+        rng: source of the per-utterance spread.
+
+    Returns:
+        The duration, in seconds.
+    """
+    if syllables < 1:
+        raise ValueError(f"syllables must be at least 1, got {syllables}")
+    profile = _profile_for(emotion, rng)
+    rate_hz = profile.rate_hz * voice.rate_scale * np.exp(rng.normal(0.0, 0.12))
+    pauses_s = syllables * profile.pause_prob / (1.0 - profile.pause_prob) * 0.165
+    return float(syllables / rate_hz + pauses_s + rng.uniform(0.04, 0.20))
+
+
 def _white(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` samples of zero-mean, unit-variance white noise (uniform), float32."""
     return (rng.random(n, dtype=np.float32) - np.float32(0.5)) * np.float32(np.sqrt(12.0))
@@ -706,8 +734,9 @@ def _plan_dialog(
     max_seconds: float,
     plan_rng: np.random.Generator,
     audio_seed: list[int],
+    syllables: int | None = None,
 ) -> tuple[list[_Turn], list[str], list[str]]:
-    """Plan and synthesize the turns of one dialog.
+    """Plan and synthesize the turns of one dialog (durations: see :func:`make_iemocap`).
 
     Returns:
         The turns in time order, the categorical evaluators and the attribute
@@ -732,7 +761,12 @@ def _plan_dialog(
     counters = {"F": 0, "M": 0}
     clock = float(plan_rng.uniform(1.0, 8.0))
     for i, (letter, code) in enumerate(zip(letters, codes)):
-        n_samples = int(round(plan_rng.uniform(min_seconds, max_seconds) * sr))
+        if syllables is None:
+            seconds = plan_rng.uniform(min_seconds, max_seconds)
+        else:
+            spoken = spoken_seconds(code, voices[letter], syllables, plan_rng)
+            seconds = min(max(spoken, min_seconds), max_seconds)
+        n_samples = int(round(seconds * sr))
         start = round(clock, 4)
         end = round(start + n_samples / sr, 4)
         clock = end + float(plan_rng.uniform(0.15, 1.5))
@@ -847,6 +881,7 @@ def make_iemocap(
     max_seconds: float = 2.0,
     seed: int = 0,
     junk: bool = True,
+    syllables: int | None = None,
 ) -> SyntheticCorpus:
     """Write a synthetic IEMOCAP in the layout of ``IEMOCAP_full_release``.
 
@@ -873,6 +908,15 @@ def make_iemocap(
         max_seconds: longest turn, in seconds.
         seed: non-negative seed; the same arguments give identical files.
         junk: also write the junk real copies carry.
+        syllables: None: turn lengths drawn uniformly in [min_seconds,
+            max_seconds]. A number: every turn reads a sentence of that many
+            syllables, so its length follows the emotion's and the speaker's
+            speaking rate (:func:`spoken_seconds`; sad turns are the longest),
+            kept within [min_seconds, max_seconds]. With 8 syllables, 1 and 3 s:
+            short turns (neutral about 2.1 s, angry 1.8 s, sad 2.9 s) whose
+            length tells their emotion apart, as in acted corpora; masks whose
+            share grows as utterances shorten then give the model a cue that
+            vanishes at test time.
 
     Returns:
         The corpus; ``root`` is the ``IEMOCAP_full_release`` folder.
@@ -914,6 +958,7 @@ def make_iemocap(
                 max_seconds,
                 plan_rng,
                 [seed, _STREAM_IEMOCAP_AUDIO, session, j],
+                syllables,
             )
             for turn in turns:
                 path = session_dir / "sentences" / "wav" / dialog / f"{turn.name}.wav"
@@ -1060,6 +1105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     iemocap.add_argument("--min_seconds", type=float, default=0.6)
     iemocap.add_argument("--max_seconds", type=float, default=2.0)
     iemocap.add_argument("--no_junk", action="store_true", help="omit ._* and other junk")
+    iemocap.add_argument(
+        "--syllables",
+        type=int,
+        default=None,
+        help="turns read sentences of this many syllables: lengths follow the speaking rate",
+    )
     savee = sub.add_parser("savee", help="SAVEE layout (44.1 kHz)")
     savee.add_argument("out_dir", type=Path)
     savee.add_argument("--layout", choices=["original", "flat"], default="original")
@@ -1083,6 +1134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_seconds=args.max_seconds,
                 seed=args.seed,
                 junk=not args.no_junk,
+                syllables=args.syllables,
             )
         else:
             corpus = make_savee(

@@ -10,8 +10,9 @@ temperature 1. A mean per masked frame, the diversity term per masked frame
 (fairseq, later transformers) and fairseq's temperature anneal are options.
 The model is loaded with its
 weights (hub id or local folder); masks follow the backbone config
-(``mask_time_prob``, ``mask_time_length``, ``mask_time_min_masks``) over the valid
-frames of each utterance; distractors come from valid frames only; padding is
+(``mask_time_prob``, ``mask_time_length``, ``mask_time_min_masks``), one span count
+per padded batch as in the authors' code (``modules/FeatureFuser.py:197-204``, see
+:class:`~speechbrain_ptapt.masking.TimeMask`); distractors come from valid frames only; padding is
 excluded by the model's own frame attention mask. All parameters are trained
 with Adam under a warm-up / flat / linear-decay schedule for a fixed number of
 optimizer steps, on length-bucketed batches of random crops. The stage resumes

@@ -49,7 +49,9 @@ def test_padded_batch_frame_mask_matches_each_utterance(backbone):
 
 def test_time_mask_never_touches_padding_and_handles_short_utterances():
     np.random.seed(0)
-    mask = TimeMask(prob=0.5, length=15, min_masks=2)(torch.tensor([100, 20, 3, 1]), 100)
+    mask = TimeMask(prob=0.5, length=15, min_masks=2, scope="utterance")(
+        torch.tensor([100, 20, 3, 1]), 100
+    )
     assert mask.shape == (4, 100)
     assert not mask[1, 20:].any() and not mask[2, 3:].any() and not mask[3, 1:].any()
     assert mask[0].any() and mask[1].any() and mask[2].any()

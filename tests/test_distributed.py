@@ -149,15 +149,13 @@ def test_shares_of_batches_by_duration_follow_each_epochs_number_of_batches():
 def test_unused_parameter_search_is_asked_for_wav2vec2_stages_only(
     tiny_wav2vec2, layerdrop_wav2vec2
 ):
-    masked = Wav2Vec2Backbone(str(tiny_wav2vec2))  # trainable mask embedding
+    masked = Wav2Vec2Backbone(str(tiny_wav2vec2), freeze_mask_embedding=False)
     assert needs_unused_parameter_search(masked)
     brain = StageBrain(modules={"model": masked}, run_opts={"device": "cpu"})
     assert brain.find_unused_parameters is True
-    frozen = Wav2Vec2Backbone(str(tiny_wav2vec2))
-    frozen.model.masked_spec_embed.requires_grad = False
+    frozen = Wav2Vec2Backbone(str(tiny_wav2vec2))  # fine-tuning: mask embedding frozen
     assert not needs_unused_parameter_search(frozen)
     layerdrop = Wav2Vec2Backbone(str(layerdrop_wav2vec2))
-    layerdrop.model.masked_spec_embed.requires_grad = False
     assert needs_unused_parameter_search(layerdrop)
     assert not needs_unused_parameter_search(torch.nn.LSTM(4, 4))
     brain = StageBrain(modules={"model": torch.nn.Linear(2, 2)}, run_opts={"device": "cpu"})
