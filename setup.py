@@ -33,7 +33,7 @@ setup(
         "speechbrain>=1.1.2,<1.2",
         "transformers>=5.24,<5.25",
         "scikit-learn>=1.3",
-        "scipy>=1.10",
+        "scipy>=1.15",  # the rng argument of scipy.stats.bootstrap and permutation_test
         "hyperpyyaml>=1.2",
         "ruamel.yaml>=0.17",
         "pyyaml>=6.0",

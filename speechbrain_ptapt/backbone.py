@@ -14,43 +14,199 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+from transformers import (
+    PreTrainedModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+)
+
+from speechbrain_ptapt.errors import PtaptError
+from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
 
 logger = logging.getLogger(__name__)
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(PtaptError, RuntimeError):
     """The wav2vec2 backbone could not be loaded; the message says what to do."""
 
 
-def _explain_load_failure(source: str, err: Exception) -> BackboneLoadError:
-    if Path(source).exists():
+#: The hub revision of ``facebook/wav2vec2-base`` the authors load
+#: (FT-w2v2-ser ``modules/FeatureFuser.py:101,181``); the recipes' ``wav2vec2_revision``.
+AUTHORS_WAV2VEC2_REVISION = "2dcc7b7f9b11f0ef271067e62599a27317a03114"
+
+#: The only transformers ``model_type`` the backbone code supports.
+SUPPORTED_MODEL_TYPE = "wav2vec2"
+
+#: Weights a checkpoint may hold that :class:`~transformers.Wav2Vec2Model` (the
+#: classification backbone) legitimately leaves out: the pretraining-only quantizer
+#: and projections of ``Wav2Vec2ForPreTraining`` checkpoints (``facebook/wav2vec2-base``,
+#: TAPT's adapted folders), the CTC head of ``Wav2Vec2ForCTC`` checkpoints, and the
+#: mask embedding when the config's mask probabilities are all 0 (no
+#: ``masked_spec_embed`` is built then). Names without the ``wav2vec2.`` prefix.
+DROPPABLE_WEIGHTS = {
+    "Wav2Vec2Model": frozenset(
+        {
+            "quantizer.codevectors",
+            "quantizer.weight_proj.weight",
+            "quantizer.weight_proj.bias",
+            "project_q.weight",
+            "project_q.bias",
+            "project_hid.weight",
+            "project_hid.bias",
+            "lm_head.weight",
+            "lm_head.bias",
+            "masked_spec_embed",
+        }
+    ),
+    "Wav2Vec2ForPreTraining": frozenset({"masked_spec_embed"}),
+}
+
+#: Weights a checkpoint may lack: the mask embedding (a checkpoint of a config whose
+#: mask probabilities are 0 has none; the backbone draws one, as transformers does).
+ABSENT_WEIGHTS_ALLOWED = frozenset({"masked_spec_embed"})
+
+
+def is_local_source(source: str | Path) -> bool:
+    """Whether ``source`` names an existing local path (else it is a hub id)."""
+    return Path(str(source)).exists()
+
+
+def hub_revision(source: str | Path, revision: str | None) -> str | None:
+    """The revision to load ``source`` at: ``revision`` for a hub id, None for a
+    local folder (a folder has no revisions)."""
+    if revision is None or is_local_source(source):
+        return None
+    return str(revision)
+
+
+def _explain_load_failure(source: str, err: Exception, revision: str | None) -> BackboneLoadError:
+    if is_local_source(source):
         return BackboneLoadError(
             f"Cannot load a wav2vec2 model from the folder '{source}': {err}. "
             "Expected a folder written by save_pretrained: config.json, the weights "
             "(model.safetensors or pytorch_model.bin) and preprocessor_config.json."
         )
+    at = f" at revision '{revision}'" if revision else ""
+    pinned = (
+        f" wav2vec2_revision ('{revision}') must exist in that repository: set it to null "
+        "(the latest) or to one of its branches, tags or commits for another model."
+        if revision
+        else ""
+    )
     return BackboneLoadError(
-        f"Cannot load the wav2vec2 model '{source}': it is not a local folder and the "
+        f"Cannot load the wav2vec2 model '{source}'{at}: it is not a local folder and the "
         f"Hugging Face Hub could not provide it ({type(err).__name__}: {err}). "
         "Check the hub id and your network (or HF_HUB_OFFLINE / a pre-filled cache), "
         "or set wav2vec2_hub to a local folder holding config.json, the weights and "
-        "preprocessor_config.json."
+        f"preprocessor_config.json.{pinned}"
     )
 
 
-def load_pretrained(model_class: type, source: str, save_path: str | None = None, **kwargs: Any):
+def check_model_type(source: str, save_path: str | None = None, **kwargs: Any) -> None:
+    """Refuses a config.json whose ``model_type`` is not ``wav2vec2``.
+
+    transformers loads a WavLM, HuBERT or data2vec-audio checkpoint into a wav2vec2
+    class with only a logged warning, dropping and randomly initialising weights;
+    the backbone code supports wav2vec2 alone.
+
+    Arguments
+    ---------
+    source : str
+        Hub id or local folder.
+    save_path : str, optional
+        Cache folder for hub downloads.
+    **kwargs
+        ``revision``, ``local_files_only`` ... as for ``from_pretrained``.
+
+    Raises
+    ------
+    BackboneLoadError
+        Naming the model type found and the source.
+    """
+    config_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
+    config_dict, _ = Wav2Vec2Config.get_config_dict(source, cache_dir=save_path, **config_kwargs)
+    model_type = config_dict.get("model_type")
+    if model_type != SUPPORTED_MODEL_TYPE:
+        raise BackboneLoadError(
+            f"'{source}' holds a model of type '{model_type}' (config.json 'model_type'), "
+            f"not '{SUPPORTED_MODEL_TYPE}': only wav2vec2 backbones are supported. Loading it "
+            "as wav2vec2 would drop or randomly initialise its weights. Set wav2vec2_hub to "
+            "a wav2vec2 model (e.g. facebook/wav2vec2-base) or a folder saved from one."
+        )
+
+
+def check_loading_info(model_class: type, source: str, info: dict[str, Any]) -> None:
+    """Refuses a load that left weights of the model uninitialised or weights of the
+    checkpoint unused, beyond :data:`DROPPABLE_WEIGHTS` and
+    :data:`ABSENT_WEIGHTS_ALLOWED` (transformers only logs those).
+
+    Arguments
+    ---------
+    model_class : type
+        The class loaded (``Wav2Vec2Model`` or ``Wav2Vec2ForPreTraining``).
+    source : str
+        Hub id or local folder (for the message).
+    info : dict
+        ``from_pretrained(..., output_loading_info=True)``'s second output.
+
+    Raises
+    ------
+    BackboneLoadError
+        Listing the missing, unexpected or mismatched weights.
+    """
+
+    def bare(names) -> set[str]:
+        return {str(n).removeprefix("wav2vec2.") for n in names or ()}
+
+    droppable = DROPPABLE_WEIGHTS.get(model_class.__name__, frozenset({"masked_spec_embed"}))
+    missing = sorted(bare(info.get("missing_keys")) - ABSENT_WEIGHTS_ALLOWED)
+    unexpected = sorted(bare(info.get("unexpected_keys")) - droppable)
+    mismatched = sorted(
+        str(m[0] if isinstance(m, tuple) else m) for m in info.get("mismatched_keys") or ()
+    )
+    problems = [
+        f"{what}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''} ({len(names)})"
+        for what, names in (
+            ("missing from the checkpoint (would be randomly initialised)", missing),
+            ("in the checkpoint but not in the model (would be dropped)", unexpected),
+            ("of another shape in the checkpoint", mismatched),
+        )
+        if names
+    ] + [str(msg) for msg in info.get("error_msgs") or ()]
+    if problems:
+        raise BackboneLoadError(
+            f"Loading {model_class.__name__} from '{source}' does not match its weights: "
+            + "; ".join(problems)
+            + ". Expected a wav2vec2 checkpoint of the same architecture (config.json and "
+            "weights written together by save_pretrained)."
+        )
+
+
+def load_pretrained(
+    model_class: type,
+    source: str,
+    save_path: str | None = None,
+    revision: str | None = None,
+    **kwargs: Any,
+):
     """Loads a transformers model class from a hub id or a local folder.
+
+    For models and configs the folder's ``model_type`` must be wav2vec2
+    (:func:`check_model_type`); models must load every weight, up to the
+    pretraining-only parts a backbone drops (:func:`check_loading_info`).
 
     Arguments
     ---------
     model_class : type
         A transformers class with ``from_pretrained`` (``Wav2Vec2Model``,
-        ``Wav2Vec2ForPreTraining``, ``Wav2Vec2FeatureExtractor`` ...).
+        ``Wav2Vec2ForPreTraining``, ``Wav2Vec2Config``, ``Wav2Vec2FeatureExtractor`` ...).
     source : str
         Hub id (``facebook/wav2vec2-base``) or local folder.
     save_path : str, optional
         Cache folder for hub downloads.
+    revision : str, optional
+        Hub revision (branch, tag or commit) of a hub id; ignored for a local folder.
     **kwargs
         Passed on to ``from_pretrained`` (e.g. config overrides).
 
@@ -60,26 +216,86 @@ def load_pretrained(model_class: type, source: str, save_path: str | None = None
         With a message naming the source and what was expected.
     """
     source = str(source)
+    is_feature_extractor = issubclass(model_class, Wav2Vec2FeatureExtractor)
     if (
-        Path(source).exists()
+        is_local_source(source)
         and not (Path(source) / "config.json").is_file()
-        and (model_class is not Wav2Vec2FeatureExtractor)
+        and not is_feature_extractor
     ):
         raise BackboneLoadError(
             f"'{source}' is a local folder without config.json: expected a wav2vec2 "
             "folder written by save_pretrained (config.json, weights, preprocessor_config.json)."
         )
+    revision = hub_revision(source, revision)
+    if revision is not None:
+        kwargs["revision"] = revision
+    is_model = issubclass(model_class, PreTrainedModel)
     try:
-        return model_class.from_pretrained(source, cache_dir=save_path, **kwargs)
+        if not is_feature_extractor:
+            check_model_type(source, save_path, **kwargs)
+        if not is_model:
+            return model_class.from_pretrained(source, cache_dir=save_path, **kwargs)
+        model, info = model_class.from_pretrained(
+            source, cache_dir=save_path, output_loading_info=True, **kwargs
+        )
     except (OSError, ValueError) as err:
-        raise _explain_load_failure(source, err) from err
+        raise _explain_load_failure(source, err, revision) from err
+    check_loading_info(model_class, source, info)
+    return model
 
 
-def load_feature_extractor(source: str, save_path: str | None = None) -> Wav2Vec2FeatureExtractor:
-    """The backbone's preprocessor settings (input normalisation, sampling rate).
+def _known_absent(source: str, filename: str, save_path: str | None, revision: str) -> bool:
+    """Whether the hub cache records that ``filename`` does not exist in ``source`` at
+    ``revision`` (huggingface_hub keeps such markers after a 404)."""
+    from huggingface_hub import _CACHED_NO_EXIST, try_to_load_from_cache
 
-    A local folder without preprocessor_config.json gets wav2vec2-base's
-    settings (16 kHz, per-utterance normalisation) and a warning.
+    found = try_to_load_from_cache(source, filename, cache_dir=save_path, revision=revision)
+    return found is _CACHED_NO_EXIST
+
+
+def _default_feature_extractor() -> Wav2Vec2FeatureExtractor:
+    """wav2vec2-base's preprocessing: 16 kHz, zero-mean unit-variance input."""
+    return Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True)
+
+
+def load_feature_extractor(
+    source: str,
+    save_path: str | None = None,
+    revision: str | None = None,
+    normalize: bool | None = None,
+) -> Wav2Vec2FeatureExtractor:
+    """The backbone's preprocessor settings (input normalisation, sampling rate),
+    with ``do_normalize`` set to ``normalize`` unless that is None.
+
+    The authors' code feeds wav2vec2 the raw samples (no normalisation) although
+    ``facebook/wav2vec2-base``'s preprocessor config asks for per-utterance
+    normalisation, so the recipes pass ``normalize`` explicitly
+    (``normalize_waveform``); the value is written back by ``save_pretrained``,
+    so an adapted or exported backbone keeps it.
+    """
+    preprocessor = _load_preprocessor(source, save_path, revision)
+    if normalize is not None:
+        preprocessor.do_normalize = bool(normalize)
+    return preprocessor
+
+
+def _load_preprocessor(
+    source: str, save_path: str | None = None, revision: str | None = None
+) -> Wav2Vec2FeatureExtractor:
+    """The preprocessor settings as stored with the backbone.
+
+    A local folder without preprocessor_config.json, or a hub revision known to
+    have none, gets wav2vec2-base's settings (16 kHz, per-utterance
+    normalisation) and a warning.
+
+    Arguments
+    ---------
+    source : str
+        Hub id or local folder.
+    save_path : str, optional
+        Cache folder for hub downloads.
+    revision : str, optional
+        Hub revision of a hub id; ignored for a local folder.
     """
     local = Path(str(source))
     if local.is_dir() and not (local / "preprocessor_config.json").is_file():
@@ -88,8 +304,22 @@ def load_feature_extractor(source: str, save_path: str | None = None) -> Wav2Vec
             "(16 kHz, zero-mean unit-variance input per utterance).",
             source,
         )
-        return Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True)
-    return load_pretrained(Wav2Vec2FeatureExtractor, source, save_path)
+        return _default_feature_extractor()
+    try:
+        return load_pretrained(Wav2Vec2FeatureExtractor, source, save_path, revision)
+    except BackboneLoadError:
+        pinned = hub_revision(source, revision)
+        if pinned is None or not _known_absent(
+            str(source), "preprocessor_config.json", save_path, pinned
+        ):
+            raise
+        logger.warning(
+            "%s has no preprocessor_config.json at revision %s: using wav2vec2-base's "
+            "preprocessing (16 kHz, zero-mean unit-variance input per utterance).",
+            source,
+            pinned,
+        )
+        return _default_feature_extractor()
 
 
 class _ConfigOnly:
@@ -119,37 +349,6 @@ def wav2vec2_hop_samples(config: Wav2Vec2Config) -> int:
     return hop
 
 
-def receptive_field_samples(model: Wav2Vec2Model) -> int:
-    """Smallest input length in samples for which the CNN encoder yields one frame.
-
-    Found with the model's own length formula (400 samples for wav2vec2-base).
-    """
-    length = 1
-    while int(model._get_feat_extract_output_lengths(torch.tensor(length))) < 1:
-        length += 1
-    return length
-
-
-def normalize_waveforms(wavs: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
-    """Zero-mean, unit-variance normalisation of each waveform over its valid samples.
-
-    Matches ``Wav2Vec2FeatureExtractor(do_normalize=True)`` applied to each
-    utterance alone; padding stays 0.
-
-    Arguments
-    ---------
-    wavs : torch.Tensor
-        (batch, samples) padded waveforms.
-    num_samples : torch.Tensor
-        (batch,) valid samples of each waveform.
-    """
-    valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < num_samples[:, None]
-    count = num_samples.clamp(min=1).to(wavs.dtype)[:, None]
-    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
-    var = (((wavs - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
-    return (wavs - mean) / torch.sqrt(var + 1e-7) * valid
-
-
 class Wav2Vec2Backbone(nn.Module):
     """wav2vec2 (CNN feature encoder + feature projection + transformer) as a
     SpeechBrain module, taking padded waveforms and relative lengths.
@@ -166,6 +365,13 @@ class Wav2Vec2Backbone(nn.Module):
         P-TAPT train only the transformer).
     layerdrop : float, optional
         Overrides the config's LayerDrop probability (None keeps it).
+    revision : str, optional
+        Hub revision of a hub id (the recipes pin the authors'
+        :data:`AUTHORS_WAV2VEC2_REVISION`); ignored for a local folder.
+    normalize : bool, optional
+        Normalise each waveform to zero mean and unit variance before the CNN;
+        None follows the backbone's preprocessor config (see
+        :func:`load_feature_extractor`).
     freeze_mask_embedding : bool
         Freeze ``masked_spec_embed``, the learned vector that replaces time-masked
         frames. The authors' fine-tuning and P-TAPT phase 2 never optimise it:
@@ -189,15 +395,19 @@ class Wav2Vec2Backbone(nn.Module):
         save_path: str | None = None,
         freeze_feature_encoder: bool = True,
         layerdrop: float | None = None,
+        revision: str | None = None,
+        normalize: bool | None = None,
         freeze_mask_embedding: bool = True,
     ) -> None:
         super().__init__()
         self.source = str(source)
         overrides = {} if layerdrop is None else {"layerdrop": layerdrop}
         self.model: Wav2Vec2Model = load_pretrained(
-            Wav2Vec2Model, self.source, save_path, **overrides
+            Wav2Vec2Model, self.source, save_path, revision, **overrides
         )
-        self.feature_extractor_config = load_feature_extractor(self.source, save_path)
+        self.feature_extractor_config = load_feature_extractor(
+            self.source, save_path, revision, normalize
+        )
         self.normalize = bool(getattr(self.feature_extractor_config, "do_normalize", True))
         self.sample_rate = int(self.feature_extractor_config.sampling_rate)
         if getattr(self.model, "masked_spec_embed", None) is None:

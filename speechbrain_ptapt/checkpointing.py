@@ -1,6 +1,7 @@
 """Checkpointing helpers: a Checkpointer whose checkpoints are only seen when
-complete, and a checkpointable random state, so a resumed run continues with
-the same random numbers (masks, crops) as an uninterrupted one."""
+complete and that resumes from the newest readable one, and a checkpointable random
+state, so a resumed run continues with the same random numbers (masks, crops) as an
+uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ import logging
 import os
 import random
 import shutil
+import zipfile
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from speechbrain.utils.checkpoints import (
     CKPT_PREFIX,
+    METAFNAME,
     Checkpoint,
     mark_as_loader,
     mark_as_saver,
@@ -22,6 +28,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.checkpoints import Checkpointer as SpeechBrainCheckpointer
 from speechbrain.utils.distributed import ddp_barrier, ddp_prevent_block, if_main_process
+
+from speechbrain_ptapt.errors import UnreadableCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,69 @@ def checkpoint_is_complete(folder: str | Path) -> bool:
     return all((folder / name).is_file() for name in names)
 
 
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why a checkpoint file cannot be read, or None when it looks readable.
+
+    Unreadable: a missing or empty file; one starting with zero bytes (written, but
+    never flushed to disk before a crash); a zip archive (``torch.save``'s format)
+    that is cut short (its central directory, at the end, is missing) or whose
+    entries fail their CRC check (a bad copy). Reading a whole archive costs about as
+    much as loading it; ``torch.load`` itself gives only "PytorchStreamReader failed
+    reading zip archive", without saying which checkpoint to drop.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "is empty"
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head == b"\x00" * 4:
+            return "starts with zero bytes (written but never flushed to disk)"
+        if head.startswith(b"PK"):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"is corrupt (its entry {bad} fails its CRC check)"
+    except FileNotFoundError:
+        return "is missing"
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error) as err:
+        return f"is truncated or corrupt ({err})"
+    except OSError as err:
+        return f"cannot be read ({err})"
+    return None
+
+
+def checkpoint_problem(checkpoint: Checkpoint) -> tuple[Path, str] | None:
+    """The first unreadable file of a checkpoint (:func:`unreadable_reason`) and why,
+    or None when every file looks readable."""
+    for name in sorted(checkpoint.paramfiles):
+        path = Path(checkpoint.paramfiles[name])
+        reason = unreadable_reason(path)
+        if reason is not None:
+            return path, reason
+    return None
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of a checkpoint's file (weights only), or one clear error.
+
+    Raises
+    ------
+    UnreadableCheckpointError
+        The file is truncated or corrupt; the message names it and the checkpoint
+        folder to delete.
+    """
+    path = Path(path)
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise UnreadableCheckpointError(
+            f"The checkpoint file {path} {reason}. Delete the checkpoint folder "
+            f"{path.parent} and run the command again (the stage then uses its other "
+            "checkpoints, or starts again from its beginning)."
+        )
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
 class Checkpointer(SpeechBrainCheckpointer):
     """SpeechBrain's Checkpointer, with checkpoints that appear only once complete.
 
@@ -54,7 +125,13 @@ class Checkpointer(SpeechBrainCheckpointer):
     folder counts as a checkpoint only when it holds that file and every file it
     lists (:func:`checkpoint_is_complete`), so a deletion cut short is ignored too.
     Leftovers of both kinds are removed at the next save (main process).
-    Arguments and use are SpeechBrain's.
+
+    A checkpoint can still be unreadable later: truncated by a bad copy or a full
+    disk, or never flushed before a power cut. :meth:`recover_if_possible` then
+    resumes from the newest readable one, logging which file it skipped and why, and
+    stops with :class:`~speechbrain_ptapt.errors.UnreadableCheckpointError` (naming
+    the file and the folder to delete) when none is readable; a checkpoint whose
+    ``CKPT.yaml`` cannot be parsed is not listed. Arguments and use are SpeechBrain's.
     """
 
     _staging = False
@@ -69,6 +146,66 @@ class Checkpointer(SpeechBrainCheckpointer):
 
     def _list_checkpoint_dirs(self) -> list[Path]:
         return [d for d in super()._list_checkpoint_dirs() if checkpoint_is_complete(d)]
+
+    def list_checkpoints(self) -> list[Checkpoint]:
+        """The complete checkpoints (see SpeechBrain's ``list_checkpoints``), leaving
+        out, with a warning, those whose meta file cannot be read."""
+        checkpoints = []
+        for folder in self._list_checkpoint_dirs():
+            try:
+                (checkpoint,) = self._construct_checkpoint_objects([folder])
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                logger.warning(
+                    "Ignoring the checkpoint %s: its %s is unreadable (%s).", folder, METAFNAME, err
+                )
+                continue
+            if not isinstance(checkpoint.meta, dict) or "unixtime" not in checkpoint.meta:
+                logger.warning(
+                    "Ignoring the checkpoint %s: its %s is incomplete.", folder, METAFNAME
+                )
+                continue
+            checkpoints.append(checkpoint)
+        return checkpoints
+
+    def recover_if_possible(
+        self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
+    ) -> Checkpoint | None:
+        """Loads the checkpoint SpeechBrain's ``recover_if_possible`` would (the most
+        recent by default), or, when one of its files is unreadable
+        (:func:`checkpoint_problem`), the next one in the same order, logging the file
+        skipped and why. Returns None when there is no checkpoint.
+
+        Raises
+        ------
+        UnreadableCheckpointError
+            There are checkpoints but none is readable; the message names the newest
+            one's unreadable file and the folders to delete.
+        """
+        candidates = self.find_checkpoints(importance_key, max_key, min_key, ckpt_predicate)
+        if not candidates:
+            logger.info("Would load a checkpoint here, but none found yet.")
+            return None
+        skipped: list[tuple[Path, str]] = []
+        for checkpoint in candidates:
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                if skipped:
+                    logger.warning("Resuming from the older checkpoint %s.", checkpoint.path)
+                self.load_checkpoint(checkpoint)
+                return checkpoint
+            path, reason = problem
+            logger.warning(
+                "Skipping the checkpoint %s: its file %s %s.", checkpoint.path, path.name, reason
+            )
+            skipped.append(problem)
+        (path, reason), others = skipped[0], len(skipped) - 1
+        folders = ", ".join(str(p.parent) for p, _ in skipped)
+        raise UnreadableCheckpointError(
+            f"Cannot resume from the checkpoints in {self.checkpoints_dir}: {path} {reason}"
+            + (f", and the {others} older checkpoint(s) are unreadable too" if others else "")
+            + f". Delete {folders} and run the command again to start this stage from its "
+            "beginning (or restore the file from a backup)."
+        )
 
     def remove_leftovers(self) -> None:
         """Deletes folders of checkpoints cut short by a crash (being written, or

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from speechbrain_ptapt.errors import InputError, MissingFileError, PtaptError
+
 
 def classify_files(recognizer, files: list[str]) -> list[dict[str, Any]]:
     """Classifies each file; an error is recorded for that file and the next one goes on.
@@ -69,21 +71,31 @@ def load_recognizer(source: str, device: str, savedir: str | None = None):
 
     Raises
     ------
-    FileNotFoundError
+    MissingFileError
         ``source`` is a path (not a Hub id) without an exported model.
+    InputError
+        ``device`` is no torch device, or the Hub or a file of the model cannot be read
+        (network, unknown repository, missing file).
     """
-    from speechbrain_ptapt.inference import EmotionRecognizer
+    import torch
 
+    from speechbrain_ptapt.inference import EmotionRecognizer
     folder = Path(source).expanduser()
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
     if folder.is_dir() and not (folder / "hyperparams.yaml").is_file():
-        raise FileNotFoundError(f"the folder {folder} has no hyperparams.yaml")
+        raise MissingFileError(f"the folder {folder} has no hyperparams.yaml")
     if not folder.exists() and looks_like_path:
-        raise FileNotFoundError(f"no such folder: {folder}")
-
-    return EmotionRecognizer.from_hparams(
-        source=source, savedir=savedir, run_opts={"device": device}
-    )
+        raise MissingFileError(f"no such folder: {folder}")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise InputError(f"--device {device!r} is no device ({err})") from err
+    try:
+        return EmotionRecognizer.from_hparams(
+            source=source, savedir=savedir, run_opts={"device": device}
+        )
+    except OSError as err:  # the Hub (offline, unknown repository) or a missing file
+        raise InputError(f"{type(err).__name__}: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         recognizer = load_recognizer(args.model, args.device, args.savedir)
-    except Exception as err:  # missing folder, offline Hub, bad yaml, device ...
+    except PtaptError as err:  # missing folder, offline Hub, device ...
         print(
-            f"error: cannot load the model '{args.model}' ({type(err).__name__}: {err}). "
+            f"error: cannot load the model '{args.model}' ({err}). "
             "Expected a folder written by 'python -m speechbrain_ptapt.export' or its Hub "
             "repository id.",
             file=sys.stderr,

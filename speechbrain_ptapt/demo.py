@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from speechbrain_ptapt.synthetic import make_iemocap
+from speechbrain_ptapt.tiny import make_tiny_wav2vec2
+
 #: Overrides shared by every method: the tiny random model learns at a larger
 #: rate (3e-3 instead of the paper's 1e-4) and has only 32 channels, so the
 #: channel mask span is shortened.
@@ -37,7 +40,7 @@ METHOD_OVERRIDES = {
     "vft": [],
     "tapt": [
         "--tapt_steps=60",
-        "--tapt_batch_size=8",
+        "--tapt_batch_seconds=16",
         "--tapt_lr=0.001",
         "--tapt_max_seconds=2.0",
         "--warmup_steps=10",
@@ -110,9 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
     args = parser.parse_args(argv)
-
-    from speechbrain_ptapt.synthetic import make_iemocap
-    from speechbrain_ptapt.tiny import make_tiny_wav2vec2
 
     out = Path(args.out).resolve()
     corpus_root = out / "corpus" / "IEMOCAP_full_release"

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechbrain_ptapt.audio import load_audio
+from speechbrain_ptapt.backbone import AUTHORS_WAV2VEC2_REVISION
+from speechbrain_ptapt.errors import InputError, MissingFileError, PtaptError
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.tapt import Wav2Vec2Pretraining
 
 logger = logging.getLogger(__name__)
@@ -43,12 +45,15 @@ def audio_files(data: str | Path) -> list[str]:
     ``._*`` AppleDouble files skipped)."""
     data = Path(data)
     if data.is_file():
-        with open(data, encoding="utf-8") as f:
-            manifest = json.load(f)
+        try:
+            with open(data, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{data} is not a JSON manifest ({err}).") from err
         if not isinstance(manifest, dict) or not all(
             isinstance(v, dict) and "wav" in v for v in manifest.values()
         ):
-            raise ValueError(
+            raise InputError(
                 f"{data} is not a SpeechBrain JSON manifest ({{id: {{'wav': path, ...}}}})."
             )
         return [str(v["wav"]) for v in manifest.values()]
@@ -58,9 +63,9 @@ def audio_files(data: str | Path) -> list[str]:
             and p.is_file() and not p.name.startswith("._")
         )
         if not files:
-            raise ValueError(f"No .wav file below {data}.")
+            raise InputError(f"No .wav file below {data}.")
         return files
-    raise FileNotFoundError(f"{data} is neither a manifest nor a folder.")
+    raise MissingFileError(f"{data} is neither a manifest nor a folder.")
 
 
 def pretraining_loss(
@@ -72,6 +77,7 @@ def pretraining_loss(
     device: str = "cpu",
     save_path: str | None = None,
     progress: bool = True,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """wav2vec2's pretraining loss of a backbone on a list of audio files.
 
@@ -96,6 +102,8 @@ def pretraining_loss(
         Cache folder for hub downloads.
     progress : bool
         Show a progress bar.
+    revision : str, optional
+        Hub revision when ``model_or_source`` is a hub id (ignored for a folder).
 
     Returns
     -------
@@ -115,7 +123,7 @@ def pretraining_loss(
         model, backbone = model_or_source, model_or_source.source
     else:
         backbone = str(model_or_source)
-        model = Wav2Vec2Pretraining(backbone, save_path=save_path)
+        model = Wav2Vec2Pretraining(backbone, save_path=save_path, revision=revision)
     was_training = model.training
     model.eval()
     model.to(device)
@@ -174,6 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save_path", default=None, help="cache folder for hub downloads")
     parser.add_argument(
+        "--wav2vec2_revision", default=AUTHORS_WAV2VEC2_REVISION,
+        help="hub revision of a hub id (default: the authors' facebook/wav2vec2-base commit; "
+        "ignored for a local folder)",
+    )
+    parser.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="FILE",
         help="also write the result as JSON to FILE (stdout when no FILE is given)",
     )
@@ -182,14 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         files = audio_files(args.data)
-    except (OSError, ValueError) as err:
+        result = pretraining_loss(
+            args.wav2vec2_hub, files, batch_size=args.batch_size, seed=args.seed,
+            max_seconds=args.max_seconds, device=args.device, save_path=args.save_path,
+            progress=not args.no_progress, revision=args.wav2vec2_revision,
+        )
+    except PtaptError as err:  # no audio, unreadable audio, backbone not loadable
         print(f"error: {err}", file=sys.stderr)
         return 1
-    result = pretraining_loss(
-        args.wav2vec2_hub, files, batch_size=args.batch_size, seed=args.seed,
-        max_seconds=args.max_seconds, device=args.device, save_path=args.save_path,
-        progress=not args.no_progress,
-    )
     result["data"] = str(args.data)
     print(
         f"pretraining loss {result['loss']:.2f} per utterance (contrastive "

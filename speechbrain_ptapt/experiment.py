@@ -23,7 +23,8 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 
-from speechbrain_ptapt.hparams_check import parse_overrides
+from speechbrain_ptapt.errors import MissingFileError
+from speechbrain_ptapt.hparams_check import parse_overrides, unknown_override_error, yaml_defaults
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
 from speechbrain_ptapt.preparation import write_json_atomic
 
@@ -60,7 +61,7 @@ def parse_recipe_arguments(
         if beside.is_file():
             path = beside
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Hyperparameter file '{hparams_file}' not found (looked in {Path.cwd()} and "
             f"beside {script_file})."
         )
@@ -69,17 +70,22 @@ def parse_recipe_arguments(
 
 
 def load_hparams(hparams_file: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Loads the yaml with overrides, explaining an override the yaml does not define."""
+    """Loads the yaml with overrides.
+
+    Raises
+    ------
+    HparamsError
+        For an override the yaml does not define (hyperpyyaml's error, with the
+        closest keys suggested).
+    """
     with open(hparams_file, encoding="utf-8") as f:
         try:
             return load_hyperpyyaml(f, overrides)
         except KeyError as err:
-            if "Override" in str(err):
-                raise KeyError(
-                    f"{err.args[0]} (in {hparams_file}): check the spelling of the command "
-                    "line option; every option must be a key of the yaml file."
-                ) from err
-            raise
+            unknown = unknown_override_error(hparams_file, overrides, yaml_defaults(hparams_file))
+            if unknown is None:
+                raise
+            raise unknown from err
 
 
 def fold_names(folds: Any) -> list[str]:
@@ -87,13 +93,6 @@ def fold_names(folds: Any) -> list[str]:
     if isinstance(folds, (str, int)):
         folds = [folds]
     return [str(f) for f in folds]
-
-
-def run_seeds(seed: int, runs: int) -> list[int]:
-    """Seeds of the repeated runs of a fold: ``seed, seed + 1, ...``."""
-    if runs < 1:
-        raise ValueError(f"'runs' must be at least 1, got {runs}.")
-    return [int(seed) + i for i in range(int(runs))]
 
 
 def run_folder(output_folder: str | Path, fold: str, seed: int) -> Path:
@@ -228,12 +227,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         for fold in folds:
             entry = summary["folds"][fold]
             cell = f"{100 * entry[key]:.1f}"
-            if entry.get("kept_runs", len(entry["runs"])) > 1:
+            if entry["kept_runs"] > 1:
                 cell += f" ± {100 * entry[f'{key}_std']:.1f}"
             cells.append(cell)
         cells.append(f"{100 * summary['mean'][key]:.1f}" if summary["mean"] else "-")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    runs = {f.get("kept_runs", len(f["runs"])) for f in summary["folds"].values()}
+    runs = {f["kept_runs"] for f in summary["folds"].values()}
     lines += [
         "",
         f"Runs per fold: {', '.join(str(r) for r in sorted(runs))}. UA = unweighted accuracy "

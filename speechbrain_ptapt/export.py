@@ -15,9 +15,9 @@ The source is a fold folder (``<output_folder>/fold_<k>``, holding one
 * ``model.ckpt``: the weights of the run's last checkpoint (the model the recipe
   evaluated): wav2vec2 (``wav2vec2.*``) and head (``head.*``);
 * ``label_encoder.txt``: the run's label encoder (SpeechBrain format);
-* ``custom_interface.py``: :mod:`speechbrain_ptapt.inference` with the package
-  definitions it uses copied in, so that stock SpeechBrain's ``foreign_class``
-  loads the folder without this package;
+* ``custom_interface.py``: a copy of :mod:`speechbrain_ptapt.inference`, which
+  imports no module of this package, so that stock SpeechBrain's
+  ``foreign_class`` loads the folder without this package;
 * ``wav2vec2/``: the backbone's ``config.json`` and ``preprocessor_config.json``;
 * ``adapted_wav2vec2/`` (TAPT and P-TAPT): the fold's adapted backbone, before
   fine-tuning, in transformers format;
@@ -33,22 +33,27 @@ in place and exits with one message.
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import json
 import logging
-import os
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.encoder import CategoricalEncoder
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
-from speechbrain_ptapt.model_card import backbone_card, model_card
+from speechbrain_ptapt import inference
+from speechbrain_ptapt.backbone import BackboneLoadError, load_feature_extractor, load_pretrained
+from speechbrain_ptapt.checkpointing import load_checkpoint_file
+from speechbrain_ptapt.dataio import make_label_encoder
+from speechbrain_ptapt.errors import PtaptError
+from speechbrain_ptapt.model_card import RunToExport, backbone_card, model_card
 from speechbrain_ptapt.naming import METHOD_NAMES
+from speechbrain_ptapt.stage_cache import finish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -81,58 +86,14 @@ CONFIG_BOOKKEEPING = (
     "label2id",
 )
 
-#: Package definitions that ``custom_interface.py`` carries inline (module, names).
-INLINED_DEFINITIONS = (
-    ("speechbrain_ptapt.audio", ("TARGET_SAMPLE_RATE", "AudioError", "to_mono_16k", "load_audio")),
-    ("speechbrain_ptapt.backbone", ("normalize_waveforms", "receptive_field_samples")),
-    ("speechbrain_ptapt.vft", ("masked_mean",)),
-)
-INLINE_START = "# >>> package definitions"
-INLINE_END = "# <<< package definitions"
 
-
-class ExportError(RuntimeError):
+class ExportError(PtaptError, RuntimeError):
     """A run that cannot be exported, or an upload that failed; the message says why."""
 
 
 # ---------------------------------------------------------------------------
 # Finding the run
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class RunToExport:
-    """A finished fine-tuning run and what the model card says about it."""
-
-    run_folder: Path
-    fold: str
-    seed: int
-    result: dict[str, Any]
-    checkpoint: Path
-    checkpoint_meta: dict[str, Any]
-    method: str
-    dataset: str
-    summary: dict[str, Any] | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-    adapted_backbone: Path | None = None
-    hub_cache: str | None = None
-
-    @property
-    def output_folder(self) -> Path:
-        """The experiment folder (``<output_folder>``, parent of the fold folder)."""
-        return self.run_folder.parent.parent
-
-    @property
-    def backbone(self) -> str:
-        """The backbone the fine-tuning started from (hub id or folder)."""
-        return str(self.result.get("backbone", ""))
-
-    @property
-    def pretrained_backbone(self) -> str:
-        """The backbone the experiment started from (before any adaptation)."""
-        if self.summary and self.summary.get("backbone"):
-            return str(self.summary["backbone"])
-        return str(self.settings.get("wav2vec2_hub", self.backbone))
 
 
 class _TagTolerantLoader(yaml.SafeLoader):
@@ -206,8 +167,7 @@ def find_run(source: str | Path, run: str | None = None) -> Path:
 def last_checkpoint(run_folder: Path) -> tuple[Path, dict[str, Any]]:
     """``model.ckpt`` of the run's most recent checkpoint (the model the recipe
     evaluated) and the checkpoint's meta data (epoch, training loss)."""
-    from speechbrain.utils.checkpoints import Checkpointer
-
+    from speechbrain_ptapt.checkpointing import Checkpointer
     save = run_folder / "save"
     checkpoint = Checkpointer(str(save)).find_checkpoint() if save.is_dir() else None
     if checkpoint is None or "model" not in checkpoint.paramfiles:
@@ -265,108 +225,41 @@ def load_run(source: str | Path, run: str | None = None) -> RunToExport:
     )
 
 
-def load_backbone_config(source: str, cache: str | None = None):
+def load_backbone_config(
+    source: str,
+    cache: str | None = None,
+    revision: str | None = None,
+    normalize: bool | None = None,
+):
     """The backbone's transformers config and preprocessor settings, from a local
     folder or from the hub cache the recipe downloaded it into (the network is
-    used only when the cache lacks it)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
-
-    from speechbrain_ptapt.backbone import (
-        BackboneLoadError,
-        load_feature_extractor,
-        load_pretrained,
-    )
-
+    used only when the cache lacks it); ``revision`` is the hub revision the run
+    loaded (its yaml's ``wav2vec2_revision``; ignored for a folder) and
+    ``normalize`` its ``normalize_waveform`` (None: as the preprocessor config)."""
+    offline = {"local_files_only": True}
     try:
         if Path(source).is_dir():
-            return load_pretrained(Wav2Vec2Config, source), load_feature_extractor(source)
-        try:
-            return (
-                load_pretrained(Wav2Vec2Config, source, cache, local_files_only=True),
-                load_pretrained(Wav2Vec2FeatureExtractor, source, cache, local_files_only=True),
-            )
-        except BackboneLoadError:
-            return load_pretrained(Wav2Vec2Config, source, cache), load_feature_extractor(
-                source, cache
-            )
+            config = load_pretrained(Wav2Vec2Config, source)
+            preprocessor = load_feature_extractor(source)
+        else:
+            try:
+                config = load_pretrained(Wav2Vec2Config, source, cache, revision, **offline)
+                preprocessor = load_pretrained(
+                    Wav2Vec2FeatureExtractor, source, cache, revision, **offline
+                )
+            except BackboneLoadError:
+                config = load_pretrained(Wav2Vec2Config, source, cache, revision)
+                preprocessor = load_feature_extractor(source, cache, revision)
     except BackboneLoadError as err:
         raise ExportError(f"Cannot read the run's backbone configuration: {err}") from err
+    if normalize is not None:
+        preprocessor.do_normalize = bool(normalize)
+    return config, preprocessor
 
 
 # ---------------------------------------------------------------------------
 # The inference folder
 # ---------------------------------------------------------------------------
-
-
-def custom_interface_source() -> str:
-    """The text of ``custom_interface.py``: :mod:`speechbrain_ptapt.inference` with its
-    package imports replaced by the definitions they import (and the imports those
-    need), so the module runs with torch, torchaudio, soundfile, transformers and
-    SpeechBrain alone."""
-    import importlib
-
-    from speechbrain_ptapt import inference
-
-    text = Path(inference.__file__).read_text(encoding="utf-8")
-    head, rest = text.split(INLINE_START, 1)
-    _, tail = rest.split(INLINE_END, 1)
-    tail = tail.split("\n", 1)[1]
-    bound = _bound_names(ast.parse(head).body)
-    imports: list[str] = []
-    definitions: list[str] = []
-    for module_name, names in INLINED_DEFINITIONS:
-        module = importlib.import_module(module_name)
-        module_text = Path(module.__file__).read_text(encoding="utf-8")
-        sources = []
-        for name in names:
-            obj = getattr(module, name)
-            if inspect.isfunction(obj) or inspect.isclass(obj):
-                sources.append(inspect.getsource(obj).rstrip())
-            else:
-                sources.append(f"{name} = {obj!r}")
-        used = {
-            node.id
-            for source in sources
-            for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Name)
-        }
-        for node in ast.parse(module_text).body:
-            if not isinstance(node, (ast.Import, ast.ImportFrom)) or (
-                isinstance(node, ast.ImportFrom) and node.module == "__future__"
-            ):
-                continue
-            aliases = [
-                a for a in node.names if _alias_name(a) in used and _alias_name(a) not in bound
-            ]
-            if aliases:
-                node.names = aliases
-                imports.append(ast.unparse(node))
-                bound |= {_alias_name(a) for a in aliases}
-        definitions.extend(sources)
-    docstring_end = head.index('"""', 3) + 3
-    note = (
-        "\n\nThis file is speechbrain_ptapt/inference.py with the package definitions it "
-        "uses\ncopied in: it needs torch, torchaudio, soundfile, transformers and "
-        "speechbrain only.\n"
-    )
-    head = head[: docstring_end - 3].rstrip() + note + head[docstring_end - 3 :]
-    inlined = "\n".join(imports) + "\n\n\n" + "\n\n\n".join(definitions) + "\n"
-    return head.rstrip() + "\n" + inlined + tail
-
-
-def _alias_name(alias: ast.alias) -> str:
-    """The name an import alias binds (``import a.b`` binds ``a``)."""
-    return (alias.asname or alias.name).split(".")[0]
-
-
-def _bound_names(body: list[ast.stmt]) -> set[str]:
-    """Names bound by the top-level imports of a module body."""
-    return {
-        _alias_name(a)
-        for node in body
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for a in node.names
-    }
 
 
 def inference_yaml(
@@ -512,10 +405,6 @@ def write_inference_folder(
     Path
         The folder.
     """
-    from hyperpyyaml import load_hyperpyyaml
-
-    from speechbrain_ptapt.dataio import make_label_encoder
-
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     text = inference_yaml(config, feature_extractor, classes, header)
@@ -533,7 +422,7 @@ def write_inference_folder(
         shutil.copyfile(label_encoder_file, target / LABEL_ENCODER_FILE)
     else:
         make_label_encoder(classes).save(str(target / LABEL_ENCODER_FILE))
-    (target / INTERFACE_FILE).write_text(custom_interface_source(), encoding="utf-8")
+    shutil.copyfile(inference.__file__, target / INTERFACE_FILE)
     backbone = target / BACKBONE_FOLDER
     backbone.mkdir(exist_ok=True)
     config.to_json_file(str(backbone / "config.json"))
@@ -544,8 +433,6 @@ def write_inference_folder(
 
 
 def _read_label_encoder(path: str | Path) -> list[str]:
-    from speechbrain.dataio.encoder import CategoricalEncoder
-
     encoder = CategoricalEncoder()
     encoder.load(str(path))
     return [str(encoder.ind2lab[i]) for i in range(len(encoder))]
@@ -619,12 +506,17 @@ def export_run(
         copy_backbone(info.adapted_backbone, partial)
         (partial / CARD_FILE).write_text(backbone_card(info), encoding="utf-8")
     else:
-        config, feature_extractor = load_backbone_config(info.backbone, info.hub_cache)
+        config, feature_extractor = load_backbone_config(
+            info.backbone,
+            info.hub_cache,
+            info.settings.get("wav2vec2_revision"),
+            info.settings.get("normalize_waveform"),
+        )
         classes = [str(c) for c in info.result.get("classes") or []]
         label_file = info.run_folder / LABEL_ENCODER_FILE
         if not classes:
             classes = _read_label_encoder(label_file)
-        state = torch.load(info.checkpoint, map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(info.checkpoint)
         name = METHOD_NAMES.get(info.method, info.method)
         header = (
             f"Speech emotion recognition: wav2vec2 fine-tuned with {name} (Chen & Rudnicky, "
@@ -662,10 +554,7 @@ def export_run(
         )
         if info.adapted_backbone is not None:
             copy_backbone(info.adapted_backbone, partial / ADAPTED_FOLDER)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(partial, target)
-    return target
+    return finish_folder(partial, target, replace=True)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
@@ -738,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Exported {folder}")
         if args.push_to_hub:
             print(f"Pushed to {push_to_hub(folder, args.push_to_hub, args.private)}")
-    except ExportError as err:
+    except PtaptError as err:  # ExportError, an unreadable checkpoint ...
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

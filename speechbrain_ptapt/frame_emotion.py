@@ -7,8 +7,10 @@ trainable aggregator that outputs one 512-dim vector per 20 ms frame, wav2vec2's
 rate. Two heads are trained with the utterance's emotion label: a frame-wise head on
 every valid frame and a BiLSTM whose outputs are mean-pooled over the valid frames;
 the loss is the sum of the two class-weighted cross-entropies. The stage trains on the
-fold's training manifest only, picks the step with the best unweighted accuracy on a
-seeded 10 % validation split of it, and writes that model as
+fold's training manifest only, validates once per epoch on a seeded 10 % validation
+split of it (batches cropped to their shortest utterance, as in training), keeps the
+checkpoint with the lowest validation loss (as the authors' code; or the best
+unweighted accuracy) and writes that model as
 ``<frame_folder>/final/frame_model.ckpt`` + ``frame_model.json``.
 
 Units: waveforms are 16 kHz and measured in samples; "frames" are the encoders' output
@@ -21,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -34,9 +34,14 @@ import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpoint
-from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
-from speechbrain.utils.epoch_loop import EpochCounter
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    ddp_broadcast,
+    if_main_process,
+    run_on_main,
+)
 from speechbrain.utils.seed import seed_everything
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -46,16 +51,23 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2FeatureEncode
 from speechbrain_ptapt.backbone import (
     load_feature_extractor,
     load_pretrained,
-    normalize_waveforms,
     wav2vec2_frame_lengths,
 )
-from speechbrain_ptapt.checkpointing import RandomState
-from speechbrain_ptapt.dataio import BatchStream
-from speechbrain_ptapt.distributed import with_ddp_options, world_size
+from speechbrain_ptapt.checkpointing import load_checkpoint_file
+from speechbrain_ptapt.dataio import duration_batch_sampler, emotion_dataset, make_label_encoder
+from speechbrain_ptapt.distributed import world_size
+from speechbrain_ptapt.experiment import read_json, write_json
+from speechbrain_ptapt.inference import masked_mean, normalize_waveforms
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
-from speechbrain_ptapt.tapt import WarmupFlatLinearDecay, fit_steps, stage_run_options
-from speechbrain_ptapt.vft import masked_mean
+from speechbrain_ptapt.stage_cache import (
+    StageCache,
+    StageKeys,
+    finish_folder,
+    partial_folder,
+    stage_fingerprint,
+)
+from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 from speechbrain_ptapt.wav2vec1 import (
     Wav2Vec1,
     Wav2Vec1Config,
@@ -70,13 +82,14 @@ __all__ = [
     "FINAL_FOLDER",
     "MODEL_FILE",
     "RECORD_FILE",
+    "SELECTION_CRITERIA",
+    "VALID_CROPS",
     "ConvAggregator",
     "EmotionHead",
     "FrameEmotionBrain",
     "FrameEmotionModel",
     "FrameEmotionOutput",
     "FrameEncoder",
-    "StepBatchSampler",
     "Wav2Vec1FrameEncoder",
     "Wav2Vec2CNNFrameEncoder",
     "build_frame_model",
@@ -88,12 +101,23 @@ __all__ = [
     "run_frame_stage",
     "sample_lengths",
     "save_frame_model",
+    "selection_rank",
     "split_validation",
     "train_frame_model",
+    "validation_every_steps",
+    "validation_loader",
 ]
 
 FRAME_ENCODERS = ("wav2vec1", "w2v2_cnn")
 """Values of ``frame_encoder``: the paper's wav2vec 1.0, or wav2vec2's own CNN."""
+
+SELECTION_CRITERIA = ("valid_loss", "valid_ua")
+"""Values of ``frame_select_by``: the lowest validation loss (the authors' code), or the
+highest validation UA."""
+
+VALID_CROPS = ("shortest", "none")
+"""Values of ``frame_valid_crop``: validation batches cropped to their shortest utterance
+(the authors' code), or whole utterances."""
 
 FINAL_FOLDER = "final"
 """Sub-folder of ``frame_folder`` holding the finished stage's model."""
@@ -107,43 +131,41 @@ RECORD_FILE = "frame_model.json"
 _SETTINGS_FILE = "frame_settings.json"
 _FORMAT_VERSION = 1
 
-#: Hyperparameters that define the stage whatever the encoder.
-_COMMON_KEYS = (
-    "frame_encoder",
-    "classes",
-    "sample_rate",
-    "frame_seed",
-    "frame_steps",
-    "frame_batch_size",
-    "frame_lr",
-    "frame_warmup_steps",
-    "frame_flat_fraction",
-    "frame_valid_ratio",
-    "frame_valid_every",
-    "frame_max_grad_norm",
-    "frame_time_mask_prob",
-    "frame_time_mask_length",
-    "frame_time_mask_min_masks",
-    "frame_channel_mask_prob",
-    "frame_channel_mask_length",
-    "frame_channel_mask_min_masks",
-    "frame_feature_dim",
-    "frame_lstm_dim",
-    "frame_head_dim",
-)
-#: Hyperparameters that define the stage only when set (not null): random crops
-#: (``frame_max_seconds``) and batches by total duration (``frame_batch_seconds``,
-#: bucketed into ``frame_num_buckets``). Absent from the fingerprint otherwise, so
-#: stages run before they existed keep theirs.
-_OPTIONAL_KEYS = {
-    "frame_max_seconds": (),
-    "frame_batch_seconds": ("frame_num_buckets",),
-}
-#: Hyperparameters that define the stage for one encoder only.
-_ENCODER_KEYS = {
+
+#: Keys each encoder leaves unread (kept out of the other encoder's fingerprint).
+_ENCODER_ONLY_KEYS = {
     "wav2vec1": ("wav2vec1_checkpoint",),
-    "w2v2_cnn": ("wav2vec2_hub", "frame_cnn_aggregator_layers", "frame_cnn_aggregator_kernel"),
+    "w2v2_cnn": (
+        "wav2vec2_hub",
+        "wav2vec2_revision",
+        "normalize_waveform",
+        "frame_cnn_aggregator_layers",
+        "frame_cnn_aggregator_kernel",
+    ),
 }
+
+
+def _unused_by_encoder(hparams: Mapping[str, Any]) -> list[str]:
+    """The keys of the encoders ``frame_encoder`` is not (the paper's wav2vec 1.0 reads
+    no wav2vec2 and no CNN aggregator setting; wav2vec2's CNN no wav2vec 1.0 file)."""
+    encoder = hparams.get("frame_encoder")
+    return [key for name, keys in _ENCODER_ONLY_KEYS.items() if name != encoder for key in keys]
+
+
+#: The hparams that define a fold's phase 1 (with its labelled training data's digest):
+#: every ``frame_`` key but the result-neutral ones, and the shared keys it reads.
+FRAME_KEYS = StageKeys(
+    prefixes=("frame_",),
+    shared=(
+        "classes",
+        "sample_rate",
+        "wav2vec1_checkpoint",
+        "wav2vec2_hub",
+        "wav2vec2_revision",
+        "normalize_waveform",
+    ),
+    unused=_unused_by_encoder,
+)
 
 
 # ----------------------------------------------------------------------------
@@ -172,12 +194,14 @@ def sample_lengths(wavs: Tensor, wav_lens: Tensor | None) -> Tensor:
     return lengths.clamp(min=1, max=wavs.shape[1]).to(wavs.device)
 
 
-def crop_to_shortest(wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Tensor]:
+def crop_to_shortest(
+    wavs: Tensor, wav_lens: Tensor | None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Crop every waveform of a batch to the shortest one, at random offsets.
 
     The authors' phase-1 batches are built this way, so no sample is padding (the group
     norms of wav2vec 1.0's and wav2vec2's CNNs would otherwise see it). The offsets come
-    from torch's global random generator.
+    from ``generator``, by default torch's global random generator.
 
     Arguments
     ---------
@@ -185,6 +209,8 @@ def crop_to_shortest(wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Ten
         (batch, samples) padded waveforms.
     wav_lens : Tensor or None
         (batch,) relative lengths.
+    generator : torch.Generator, optional
+        A CPU generator for the offsets.
 
     Returns
     -------
@@ -196,7 +222,10 @@ def crop_to_shortest(wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Ten
     num_samples = sample_lengths(wavs, wav_lens)
     shortest = int(num_samples.min())
     offsets = torch.tensor(
-        [int(torch.randint(0, int(n) - shortest + 1, (1,))) for n in num_samples.tolist()],
+        [
+            int(torch.randint(0, int(n) - shortest + 1, (1,), generator=generator))
+            for n in num_samples.tolist()
+        ],
         device=wavs.device,
     )
     index = offsets[:, None] + torch.arange(shortest, device=wavs.device)[None, :]
@@ -803,6 +832,8 @@ def build_frame_model(
     head_dim: int = 128,
     cnn_aggregator_layers: int = 3,
     cnn_aggregator_kernel: int = 5,
+    wav2vec2_revision: str | None = None,
+    normalize_waveform: bool | None = None,
 ) -> FrameEmotionModel:
     """A phase-1 model with pretrained encoder weights (the yaml's ``frame_model``).
 
@@ -828,6 +859,12 @@ def build_frame_model(
         (128).
     cnn_aggregator_layers, cnn_aggregator_kernel : int
         Shape of the ``w2v2_cnn`` aggregator.
+    wav2vec2_revision : str, optional
+        Hub revision of ``wav2vec2_hub`` when it is a hub id (ignored for a folder).
+    normalize_waveform : bool, optional
+        ``w2v2_cnn`` only: normalise each waveform before the CNN (None follows the
+        backbone's preprocessor config). wav2vec 1.0 always reads raw samples, as
+        fairseq and the authors' code do.
 
     Returns
     -------
@@ -848,9 +885,11 @@ def build_frame_model(
     elif frame_encoder == "w2v2_cnn":
         if wav2vec2_hub is None:
             raise ValueError("frame_encoder 'w2v2_cnn' needs wav2vec2_hub")
-        wav2vec2 = load_pretrained(Wav2Vec2Model, str(wav2vec2_hub), wav2vec2_folder)
+        wav2vec2 = load_pretrained(
+            Wav2Vec2Model, str(wav2vec2_hub), wav2vec2_folder, wav2vec2_revision
+        )
         preprocessor: Wav2Vec2FeatureExtractor = load_feature_extractor(
-            str(wav2vec2_hub), wav2vec2_folder
+            str(wav2vec2_hub), wav2vec2_folder, wav2vec2_revision, normalize_waveform
         )
         encoder = Wav2Vec2CNNFrameEncoder(
             wav2vec2.feature_extractor,
@@ -898,7 +937,7 @@ def frame_emotion_losses(
 
 
 # ----------------------------------------------------------------------------
-# Data: validation split, step-counted batches
+# Data: validation split
 # ----------------------------------------------------------------------------
 
 
@@ -928,8 +967,6 @@ def split_validation(
     tuple of Path
         ``(train_split.json, valid_split.json)``, subsets of ``manifest``.
     """
-    from speechbrain_ptapt.experiment import read_json, write_json
-
     if not 0.0 < valid_ratio < 1.0:
         raise ValueError(f"frame_valid_ratio must be in (0, 1), got {valid_ratio}")
     data = read_json(manifest)
@@ -948,79 +985,52 @@ def split_validation(
     return train_path, valid_path
 
 
-class StepBatchSampler(BatchStream):
-    """Random batches of a fixed number of utterances for a fixed number of optimizer
-    steps, cut into epochs (a :class:`~speechbrain_ptapt.dataio.BatchStream`).
-
-    Pass ``p`` is a permutation drawn from ``numpy.random.default_rng([seed, p])``,
-    cut into full batches (the remainder is dropped, as in the authors' code; with
-    fewer items than ``batch_size`` a pass is one batch of all).
-
-    Arguments
-    ---------
-    num_items : int
-        Utterances in the dataset.
-    batch_size : int
-        Utterances per batch.
-    total_batches : int
-        Batches of the whole stage.
-    batches_per_epoch : int
-        Batches between two validations.
-    seed : int
-        Seed of the permutations.
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        total_batches: int,
-        batches_per_epoch: int,
-        seed: int = 0,
-    ) -> None:
-        if num_items < 1 or batch_size < 1 or total_batches < 0 or batches_per_epoch < 1:
-            raise ValueError(
-                f"need num_items, batch_size, batches_per_epoch >= 1 and total_batches >= 0; "
-                f"got {num_items}, {batch_size}, {batches_per_epoch}, {total_batches}"
-            )
-        super().__init__(total_batches, batches_per_epoch)
-        self.num_items = int(num_items)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-
-    def one_pass(self, pass_index: int) -> list[list[int]]:
-        """The batches of pass ``pass_index`` over the data."""
-        order = np.random.default_rng([self.seed, pass_index]).permutation(self.num_items)
-        size = min(self.batch_size, self.num_items)
-        return [order[i : i + size].tolist() for i in range(0, self.num_items - size + 1, size)]
-
-
 # ----------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------
 
 
-class FrameEmotionBrain(sb.Brain):
+class FrameEmotionBrain(StepStageBrain):
     """Trains a :class:`FrameEmotionModel` (``modules.model``) for a fixed number of
-    optimizer steps, validating every epoch (``frame_valid_every`` steps).
+    optimizer steps (the stage's settings:
+    :class:`~speechbrain_ptapt.training.StepStageBrain`), validating after every epoch
+    (a pass over the training part) or every ``valid_every`` optimizer steps, and after
+    the last step.
 
     Training batches are cropped to their shortest utterance at random offsets; the
-    loss is the sum of :func:`frame_emotion_losses`. After each validation a checkpoint
-    is saved with the validation ``ua`` (unweighted accuracy of
-    :meth:`FrameEmotionOutput.utterance_log_probs`), keeping the most recent one and the
-    best one by ``ua``.
+    loss is the sum of :func:`frame_emotion_losses`. With ``valid_crop: shortest``
+    validation batches are cropped the same way, at offsets drawn from a generator
+    seeded by ``valid_seed`` and the optimizer steps done (the training random state is
+    left alone). After each validation a checkpoint is saved with the validation
+    ``loss`` (mean over utterances of the batches' summed cross-entropies, each batch
+    weighted by its utterances as Lightning 1.4.5 averages the authors'
+    ``valid_loss``: ``pytorch_lightning/trainer/connectors/logger_connector/result.py:196-212``)
+    and ``ua`` (unweighted accuracy of :meth:`FrameEmotionOutput.utterance_log_probs`),
+    keeping the most recent one and the best one by ``select_by``
+    (:func:`selection_rank`); a validation between two epochs' ends saves the loader's
+    position with it, so a resumed stage goes on with the epoch's next batch.
 
-    Expects in hparams: ``class_weights`` (tensor), ``lr_scheduler`` (a
-    :class:`~speechbrain_ptapt.tapt.WarmupFlatLinearDecay`), ``n_classes`` and
-    optionally ``train_logger``.
+    Expects in hparams, besides the step-counted stage's: ``class_weights`` (tensor),
+    ``n_classes``, ``select_by`` (one of :data:`SELECTION_CRITERIA`), ``valid_crop``
+    (one of :data:`VALID_CROPS`), ``valid_seed`` (int), ``valid_every`` (``"epoch"`` or
+    a number of optimizer steps, :func:`validation_every_steps`) and optionally
+    ``train_logger`` (one line per validation, with the mean training loss since the
+    previous one).
     """
 
+    _epoch = 0
+    _mid_epoch = False
+    _valid_loader: Any = None
+
     def compute_forward(self, batch, stage) -> FrameEmotionOutput:
-        """Model output; training batches are cropped to their shortest utterance."""
+        """Model output; training batches (and validation ones with ``valid_crop``) are
+        cropped to their shortest utterance."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         if stage == sb.Stage.TRAIN:
             wavs, wav_lens = crop_to_shortest(wavs, wav_lens)
+        elif self.hparams.valid_crop == "shortest":
+            wavs, wav_lens = crop_to_shortest(wavs, wav_lens, self._crop_generator)
         return self.modules.model(wavs, wav_lens)
 
     def compute_objectives(self, predictions: FrameEmotionOutput, batch, stage) -> Tensor:
@@ -1029,7 +1039,12 @@ class FrameEmotionBrain(sb.Brain):
         frame_loss, utterance_loss = frame_emotion_losses(
             predictions, targets, self.hparams.class_weights
         )
-        if stage != sb.Stage.TRAIN:
+        loss = frame_loss + utterance_loss
+        if stage == sb.Stage.TRAIN:
+            self.add_to_log(loss=loss.detach())
+        else:
+            self._loss_sum += float(loss.detach()) * targets.numel()
+            self._utterances += targets.numel()
             scores = predictions.utterance_log_probs().detach()
             self._targets.extend(targets.cpu().tolist())
             self._predictions.extend(scores.argmax(dim=-1).cpu().tolist())
@@ -1037,51 +1052,106 @@ class FrameEmotionBrain(sb.Brain):
             frame_hits = predictions.frame_logits.argmax(dim=-1) == targets[:, None]
             self._frame_hits += int(frame_hits[mask].sum())
             self._frames += int(mask.sum())
-        return frame_loss + utterance_loss
+        return loss
 
-    def on_fit_batch_start(self, batch, should_step: bool) -> None:
-        """Sets the learning rate of the coming optimizer step."""
-        if should_step:
-            self.lr = self.hparams.lr_scheduler(self.optimizer)
+    def fit_steps(
+        self,
+        train_set: torch.utils.data.Dataset,
+        train_loader_kwargs: dict[str, Any],
+        valid_set: Any = None,
+    ) -> None:
+        """Trains the stage, validating on ``valid_set`` (a loader) after every epoch,
+        or every ``valid_every`` optimizer steps."""
+        self._valid_loader = valid_set
+        by_epoch = validation_every_steps(self.hparams.valid_every) is None
+        super().fit_steps(train_set, train_loader_kwargs, valid_set if by_epoch else None)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
+        """After an optimizer step: the checkpoint when due, and the validation when
+        ``valid_every`` steps are done (or the last step)."""
+        super().on_fit_batch_end(batch, outputs, loss, should_step)
+        every = validation_every_steps(self.hparams.valid_every)
+        if should_step and every is not None:
+            if self.optimizer_step % every == 0 or self.stage_finished:
+                self.validate_mid_epoch()
+
+    def validate_mid_epoch(self) -> None:
+        """A validation between two epochs' ends (SpeechBrain validates after an
+        epoch only); its checkpoint keeps the training loader's position."""
+        self._mid_epoch = True
+        self.on_stage_start(sb.Stage.VALID, self._epoch)
+        self.modules.eval()
+        try:
+            with torch.no_grad():
+                for batch in self._valid_loader:
+                    self.evaluate_batch(batch, stage=sb.Stage.VALID)
+            self.on_stage_end(sb.Stage.VALID, None, self._epoch)
+        finally:
+            self.modules.train()
+            self._mid_epoch = False
 
     def on_stage_start(self, stage, epoch=None) -> None:
-        """Resets the collected validation predictions."""
-        if stage != sb.Stage.TRAIN:
-            self._targets: list[int] = []
-            self._predictions: list[int] = []
-            self._frame_hits = 0
-            self._frames = 0
+        """Training: the epoch. Validation: resets the collected predictions and seeds
+        the validation crops."""
+        super().on_stage_start(stage, epoch)
+        if stage == sb.Stage.TRAIN:
+            self._epoch = int(epoch or 0)
+            return
+        self._targets: list[int] = []
+        self._predictions: list[int] = []
+        self._frame_hits = 0
+        self._frames = 0
+        self._loss_sum = 0.0
+        self._utterances = 0
+        seed = np.random.SeedSequence([int(self.hparams.valid_seed), int(self.optimizer_step)])
+        self._crop_generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
-        """Training: keep the loss. Validation: metrics, log line, checkpoint."""
+        """Validation: metrics, log line, checkpoint (nothing after training: the last
+        validation holds the finished stage)."""
         if stage == sb.Stage.TRAIN:
-            self.train_loss = float(stage_loss)
             return
         metrics = classification_metrics(self._targets, self._predictions, self.hparams.n_classes)
         self.valid_stats = {
-            "loss": float(stage_loss),
+            "loss": self._loss_sum / max(self._utterances, 1),
             "ua": metrics["ua"],
             "wa": metrics["wa"],
             "frame_acc": self._frame_hits / max(self._frames, 1),
         }
         meta = {"optimizer_step": int(self.optimizer_step), "lr": float(getattr(self, "lr", 0.0))}
         train_logger = getattr(self.hparams, "train_logger", None)
+        train_loss = self.take_log_window().get("loss", float("nan"))
         if train_logger is not None:
             train_logger.log_stats(
                 stats_meta={"epoch": epoch, **meta},
-                train_stats={"loss": getattr(self, "train_loss", float("nan"))},
+                train_stats={"loss": train_loss},
                 valid_stats=self.valid_stats,
             )
         if stage == sb.Stage.VALID and self.checkpointer is not None:
-            # The epoch is over: a run resumed from this checkpoint starts the next
-            # epoch's batch count (and its loss average) at 0, as an uninterrupted one.
-            self.step = 0
-            self.checkpointer.save_and_keep_only(
-                meta={**meta, **self.valid_stats},
-                importance_keys=[validation_rank],
-                ckpt_predicate=is_validated,
-                num_to_keep=1,
-            )
+            meta = {**meta, **self.valid_stats}
+            # One decision for every process: saving synchronises them.
+            if ddp_broadcast(self._worth_saving(meta) if if_main_process() else None):
+                self.checkpointer.save_and_keep_only(
+                    meta=meta,
+                    end_of_epoch=not self._mid_epoch,
+                    importance_keys=[selection_rank(self.hparams.select_by)],
+                    ckpt_predicate=is_validated,
+                    num_to_keep=1,
+                )
+
+    def _worth_saving(self, meta: dict[str, Any]) -> bool:
+        """Whether a validation's checkpoint is saved: when it beats every saved one by
+        ``select_by`` (the authors' ``ModelCheckpoint(save_top_k=1)`` saves only then,
+        ``run_pretrain.py:24-31``), and after the stage's last step (its finished state).
+        Skipped ones cost a resumed stage some replayed steps (it replays them exactly),
+        not hundreds of writes of the whole training state (5 steps per epoch on SAVEE).
+        """
+        limit = self.optimizer_step_limit
+        if limit is not None and self.optimizer_step >= limit:
+            return True
+        rank = selection_rank(self.hparams.select_by)
+        best = self.checkpointer.find_checkpoint(importance_key=rank, ckpt_predicate=is_validated)
+        return best is None or rank(Checkpoint(Path(), meta, {})) > rank(best)
 
 
 def is_validated(checkpoint: Checkpoint) -> bool:
@@ -1089,12 +1159,103 @@ def is_validated(checkpoint: Checkpoint) -> bool:
     return "ua" in checkpoint.meta
 
 
-def validation_rank(checkpoint: Checkpoint) -> tuple[float, int]:
-    """Order of validated phase-1 checkpoints: the higher validation UA first and,
-    among equal UA, the earlier step, whatever order the checkpoint folders are
-    listed in (so an interrupted and resumed stage selects what an uninterrupted one
-    would)."""
+def lowest_loss_rank(checkpoint: Checkpoint) -> tuple[float, int]:
+    """Order of validated phase-1 checkpoints by ``frame_select_by: valid_loss``: the
+    lower validation loss first and, among equal losses, the earlier step, whatever
+    order the checkpoint folders are listed in (so an interrupted and resumed stage
+    selects what an uninterrupted one would)."""
+    return -float(checkpoint.meta["loss"]), -int(checkpoint.meta.get("optimizer_step", 0))
+
+
+def highest_ua_rank(checkpoint: Checkpoint) -> tuple[float, int]:
+    """Order of validated phase-1 checkpoints by ``frame_select_by: valid_ua``: the
+    higher validation UA first and, among equal UA, the earlier step."""
     return float(checkpoint.meta["ua"]), -int(checkpoint.meta.get("optimizer_step", 0))
+
+
+def selection_rank(select_by: str) -> Callable[[Checkpoint], tuple[float, int]]:
+    """The checkpoint order (higher is better) of a ``frame_select_by`` value."""
+    ranks = {"valid_loss": lowest_loss_rank, "valid_ua": highest_ua_rank}
+    if select_by not in ranks:
+        raise ValueError(f"frame_select_by must be one of {SELECTION_CRITERIA}, got {select_by!r}")
+    return ranks[select_by]
+
+
+def validation_every_steps(valid_every: int | str) -> int | None:
+    """Optimizer steps between two validations, from ``frame_valid_every``.
+
+    Arguments
+    ---------
+    valid_every : int or str
+        ``"epoch"``: after every pass over the training part, as the authors'
+        Lightning loop (``check_val_every_n_epoch=1``, ``run_pretrain.py:14, 37``);
+        or a positive number of optimizer steps. Either way the last step is validated
+        too.
+
+    Returns
+    -------
+    int or None
+        The number of steps, or None for ``"epoch"``.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
+    """
+    if valid_every == "epoch":
+        return None
+    if isinstance(valid_every, int) and not isinstance(valid_every, bool) and valid_every >= 1:
+        return int(valid_every)
+    raise ValueError(
+        f"frame_valid_every must be 'epoch' or a positive number of steps, got {valid_every!r}"
+    )
+
+
+def validation_loader(
+    brain: sb.Brain, valid_manifest: str | Path, hparams: Mapping[str, Any], num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """The phase-1 validation batches of ``frame_valid_batch_size`` utterances.
+
+    With ``frame_valid_crop: shortest`` (cropped by :class:`FrameEmotionBrain`) they
+    keep the authors' composition: the validation split in one fixed random order
+    (from ``frame_seed``), as their ``random_split`` subset read without shuffling
+    (``pretrain/trainer.py:25, 51-57``). Whole utterances (``none``) are sorted by
+    duration, so that little of a batch is padding.
+
+    Arguments
+    ---------
+    brain : sb.Brain
+        The stage's brain (its ``make_dataloader``).
+    valid_manifest : str or Path
+        The validation split.
+    hparams : mapping
+        ``classes``, ``sample_rate``, ``frame_valid_crop``, ``frame_valid_batch_size``
+        and ``frame_seed``.
+    num_workers : int
+        Loader processes.
+
+    Returns
+    -------
+    DataLoader
+        Batches in the same order at every validation.
+    """
+    crop = hparams["frame_valid_crop"] == "shortest"
+    encoder = make_label_encoder(hparams["classes"])
+    valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=not crop)
+    order = None
+    if crop:
+        order = np.random.default_rng(int(hparams["frame_seed"])).permutation(len(valid_set))
+    # A private generator: creating the loader's iterator draws nothing from the global
+    # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
+    return brain.make_dataloader(
+        valid_set,
+        stage=sb.Stage.VALID,
+        ckpt_prefix=None,
+        num_workers=num_workers,
+        batch_size=int(hparams["frame_valid_batch_size"]),
+        sampler=None if order is None else order.tolist(),
+        generator=torch.Generator(),
+    )
 
 
 def train_frame_model(
@@ -1113,14 +1274,13 @@ def train_frame_model(
     model : FrameEmotionModel
         The model, encoder weights loaded.
     hparams : mapping
-        ``classes``, ``sample_rate``, ``frame_steps``, ``frame_batch_size`` (or
-        ``frame_batch_seconds`` and ``frame_num_buckets``: batches of that many seconds
-        of length-bucketed audio when not None), ``frame_max_seconds`` (random crops of
-        at most that length when not None), ``frame_lr``,
-        ``frame_warmup_steps``, ``frame_flat_fraction``, ``frame_valid_every``,
-        ``frame_valid_batch_size``, ``frame_seed``, ``frame_ckpt_interval_steps``,
-        ``frame_max_grad_norm``, ``frame_num_workers``, ``frame_opt_class`` and optionally
-        ``frame_train_logger`` (an instance).
+        ``frame_brain_hparams`` (the Brain's settings: steps, schedule, epoch counter,
+        validation, checkpoints, logger), ``frame_opt_class``, ``classes``,
+        ``sample_rate``, ``frame_batch_size`` (or ``frame_batch_seconds`` and
+        ``frame_num_buckets``: batches of at least that many seconds of length-bucketed
+        audio when not None), ``frame_max_seconds`` (random crops of at most that
+        length when not None), ``frame_valid_batch_size``, ``frame_valid_crop``,
+        ``frame_seed`` and ``frame_num_workers``.
     run_opts : RunOptions or dict
         SpeechBrain's run options.
     train_manifest, valid_manifest : str or Path
@@ -1136,104 +1296,61 @@ def train_frame_model(
     FrameEmotionBrain
         The brain after training (``optimizer_step == frame_steps``).
     """
-    from speechbrain_ptapt.dataio import (
-        duration_step_batches,
-        emotion_dataset,
-        make_label_encoder,
-    )
-
-    steps = int(hparams["frame_steps"])
-    valid_every = max(1, min(int(hparams["frame_valid_every"]), steps))
-    scheduler = WarmupFlatLinearDecay(
-        hparams["frame_lr"],
-        steps,
-        int(hparams["frame_warmup_steps"]),
-        float(hparams["frame_flat_fraction"]),
-    )
-    encoder = make_label_encoder(hparams["classes"])
-    max_seconds = hparams.get("frame_max_seconds")
-    train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"], max_seconds)
-    valid_set = emotion_dataset(valid_manifest, encoder, hparams["sample_rate"], sort=True)
-
-    max_grad_norm = float(hparams["frame_max_grad_norm"])
-    opts = stage_run_options(
-        run_opts,
-        optimizer_step_limit=steps,
-        ckpt_interval_steps=int(hparams["frame_ckpt_interval_steps"]),
-        ckpt_interval_minutes=0.0,
-        max_grad_norm=max_grad_norm if max_grad_norm > 0 else math.inf,
-    )
-    opts = with_ddp_options(opts, model)
+    settings = dict(hparams["frame_brain_hparams"])
+    selection_rank(settings["select_by"])  # an unknown criterion fails before training
+    valid_every = validation_every_steps(settings["valid_every"])
+    if settings["valid_crop"] not in VALID_CROPS:
+        raise ValueError(
+            f"frame_valid_crop must be one of {VALID_CROPS}, got {settings['valid_crop']!r}"
+        )
     brain = FrameEmotionBrain(
         modules={"model": model},
         opt_class=hparams["frame_opt_class"],
-        hparams={
-            "class_weights": class_weights,
-            "lr_scheduler": scheduler,
-            "n_classes": len(hparams["classes"]),
-            "train_logger": hparams.get("frame_train_logger"),
-        },
-        run_opts=opts,
+        hparams={**settings, "class_weights": class_weights},
+        run_opts=with_default_precision(run_opts),
         checkpointer=checkpointer,
     )
-    # Under DDP the stream holds every process's batches: each process takes its
-    # share of every epoch (make_train_loader), so each makes ``steps`` optimizer
-    # steps and validates after the same steps.
-    batches_per_step = int(brain.grad_accumulation_factor) * world_size()
+    max_seconds = hparams.get("frame_max_seconds")
+    encoder = make_label_encoder(hparams["classes"])
+    train_set = emotion_dataset(train_manifest, encoder, hparams["sample_rate"], max_seconds)
+    seed = int(hparams["frame_seed"])
     batch_seconds = hparams.get("frame_batch_seconds")
     if batch_seconds is None:
-        sampler = StepBatchSampler(
-            len(train_set),
-            int(hparams["frame_batch_size"]),
-            total_batches=steps * batches_per_step,
-            batches_per_epoch=valid_every * batches_per_step,
-            seed=int(hparams["frame_seed"]),
-        )
-        batches = f"{hparams['frame_batch_size']} utterances"
+        # The authors' phase 1: frame_batch_size random utterances, the rest of a pass
+        # dropped (pretrain/trainer.py:43-49); each process batches its share.
+        batch_size = min(int(hparams["frame_batch_size"]), max(1, len(train_set) // world_size()))
+        loader_kwargs = {
+            "sampler": ReproducibleRandomSampler(train_set, seed=seed),
+            "batch_size": batch_size,
+            "drop_last": True,
+        }
+        batches = f"{batch_size} utterances"
     else:
-        sampler = duration_step_batches(
-            train_set,
-            hparams,
-            "frame",
-            max_seconds,
-            total_batches=steps * batches_per_step,
-            batches_per_epoch=valid_every * batches_per_step,
+        sampler = duration_batch_sampler(
+            train_set, float(batch_seconds), max_seconds, int(hparams["frame_num_buckets"]), seed
         )
-        batches = f"about {batch_seconds} s of audio"
-    epoch_counter = EpochCounter(limit=sampler.num_epochs)
-    if checkpointer is not None:
-        checkpointer.add_recoverables(
-            {
-                "model": model,
-                "lr_scheduler": scheduler,
-                "counter": epoch_counter,
-                "rng": RandomState(),
-            }
-        )
+        loader_kwargs = {"batch_sampler": sampler}
+        batches = f"at least {batch_seconds} s of audio"
     workers = int(hparams.get("frame_num_workers", 0))
-    # A private generator: creating the loader's iterator draws nothing from the global
-    # random state, so a resumed stage draws the crops and masks an uninterrupted one would.
-    valid_loader = brain.make_dataloader(
-        valid_set,
-        stage=sb.Stage.VALID,
-        ckpt_prefix=None,
-        num_workers=workers,
-        batch_size=int(hparams.get("frame_valid_batch_size", 1)),
-        generator=torch.Generator(),
-    )
+    valid_loader = validation_loader(brain, valid_manifest, hparams, workers)
     logger.info(
-        "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d: %d steps of %s "
-        "(%s, cropped to the batch's shortest), validation every %d steps.",
+        "P-TAPT phase 1 (%s) on %d utterances of %s, validated on %d (%s): %d steps of %s "
+        "(%s, cropped to the batch's shortest), validation %s, keeping the checkpoint of "
+        "the %s.",
         model.frame_encoder,
         len(train_set),
         train_manifest,
-        len(valid_set),
-        steps,
+        len(valid_loader.dataset),
+        "cropped to each batch's shortest"
+        if settings["valid_crop"] == "shortest"
+        else "whole files",
+        brain.optimizer_step_limit,
         batches,
         "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
-        valid_every,
+        "after every epoch" if valid_every is None else f"every {valid_every} steps",
+        "lowest validation loss" if settings["select_by"] == "valid_loss" else "highest UA",
     )
-    fit_steps(brain, epoch_counter, train_set, sampler, workers, valid_loader)
+    brain.fit_steps(train_set, {**loader_kwargs, "num_workers": workers}, valid_loader)
     return brain
 
 
@@ -1255,12 +1372,13 @@ def labelled_manifest_digest(manifest: str | Path) -> str:
 
 
 def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) -> dict[str, Any]:
-    """The settings that define a fold's phase 1, plus its training data digest.
+    """The settings that define a fold's phase 1 (:data:`FRAME_KEYS`), plus its training
+    data digest.
 
     Arguments
     ---------
     hparams : mapping
-        The stage's hyperparameters (see :data:`_COMMON_KEYS` and :data:`_ENCODER_KEYS`).
+        The stage's hyperparameters.
     train_manifest : str or Path
         The fold's training manifest.
 
@@ -1270,20 +1388,8 @@ def frame_fingerprint(hparams: Mapping[str, Any], train_manifest: str | Path) ->
         JSON-compatible settings; ``train_manifest`` holds
         :func:`labelled_manifest_digest`.
     """
-    encoder = hparams["frame_encoder"]
-    if encoder not in FRAME_ENCODERS:
-        raise ValueError(f"frame_encoder must be one of {FRAME_ENCODERS}, got {encoder!r}")
-    keys = _COMMON_KEYS + _ENCODER_KEYS[encoder]
-    settings = {key: hparams[key] for key in keys}
-    for key, companions in _OPTIONAL_KEYS.items():
-        if hparams.get(key) is not None:
-            settings.update({k: hparams[k] for k in (key, *companions)})
-    for key in ("wav2vec1_checkpoint", "wav2vec2_hub"):
-        if settings.get(key) is not None:
-            settings[key] = str(settings[key])
-    settings["classes"] = list(settings["classes"])
-    settings["train_manifest"] = labelled_manifest_digest(train_manifest)
-    return json.loads(json.dumps(settings))
+    digest = labelled_manifest_digest(train_manifest)
+    return stage_fingerprint(FRAME_KEYS, hparams, train_manifest=digest)
 
 
 def save_frame_model(model: FrameEmotionModel, folder: str | Path, record: dict[str, Any]) -> Path:
@@ -1305,18 +1411,16 @@ def save_frame_model(model: FrameEmotionModel, folder: str | Path, record: dict[
     Path
         ``folder``.
     """
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    torch.save(state, partial / MODEL_FILE)
+    partial = partial_folder(folder)
+    _write_state(model, partial)
     content = {"format_version": _FORMAT_VERSION, **record, "architecture": model.architecture()}
-    with open(partial / RECORD_FILE, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2)
-    os.rename(partial, folder)
-    return folder
+    return finish_folder(partial, folder, (RECORD_FILE, content))
+
+
+def _write_state(model: FrameEmotionModel, folder: Path) -> None:
+    """Writes the model's state dict (on the CPU) as ``folder/``:data:`MODEL_FILE`."""
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save(state, folder / MODEL_FILE)
 
 
 def load_frame_model(
@@ -1345,19 +1449,6 @@ def load_frame_model(
     return model.to(map_location).eval()
 
 
-def _recorded_settings(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("settings")
-    except (OSError, ValueError):
-        return None
-
-
-def _differences(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
-    recorded = recorded or {}
-    return sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
-
-
 def run_frame_stage(
     fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: Mapping
 ) -> Path:
@@ -1368,9 +1459,11 @@ def run_frame_stage(
     validation split (``train_split.json``, ``valid_split.json``), checkpoints in
     ``frame_save_folder``, ``train_log.txt`` and finally ``final/`` (:data:`MODEL_FILE`,
     :data:`RECORD_FILE`). A ``final/`` whose recorded fingerprint matches the current
-    settings and training manifest is reused as is; one that does not match is
-    recomputed, as are checkpoints of other settings. An interrupted stage resumes from
-    its last checkpoint.
+    settings and training manifest is reused as is; one that does not match, or
+    checkpoints of other settings, stop the stage with a
+    :class:`~speechbrain_ptapt.errors.StageSettingsError` naming what differs (nothing
+    is deleted; :mod:`speechbrain_ptapt.stage_cache`). An interrupted stage resumes
+    from its last readable checkpoint.
 
     Arguments
     ---------
@@ -1391,42 +1484,23 @@ def run_frame_stage(
         The ``final`` folder, for :func:`load_frame_model`.
     """
     from speechbrain_ptapt.dataio import check_labels, inverse_prior_weights
-    from speechbrain_ptapt.experiment import load_hparams, write_json
-
+    from speechbrain_ptapt.experiment import load_hparams
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = Path(manifests["train"])
     folder = Path(hparams["frame_folder"])
     final = folder / FINAL_FOLDER
-    fingerprint = frame_fingerprint(hparams, train_manifest)
-    if (final / MODEL_FILE).is_file() and (final / RECORD_FILE).is_file():
-        changed = _differences(_recorded_settings(final / RECORD_FILE), fingerprint)
-        if not changed:
-            logger.info("P-TAPT phase 1 of fold %s is finished (%s), skipping it.", fold, final)
-            return final
-        logger.warning(
-            "%s was trained with other settings or data (differs in: %s): training again.",
-            final,
-            ", ".join(changed),
-        )
-
     save_folder = Path(hparams["frame_save_folder"])
-    settings_file = save_folder / _SETTINGS_FILE
-    if if_main_process():
-        if final.exists():
-            shutil.rmtree(final)
-        changed = _differences(_recorded_settings(settings_file), fingerprint)
-        if save_folder.exists() and changed:
-            logger.warning(
-                "Checkpoints in %s belong to other settings or data (differs in: %s): "
-                "removing them.",
-                save_folder,
-                ", ".join(changed),
-            )
-            shutil.rmtree(save_folder)
-        if not settings_file.is_file():
-            save_folder.mkdir(parents=True, exist_ok=True)
-            write_json(settings_file, {"settings": fingerprint})  # atomic
-    ddp_barrier()
+    cache = StageCache(
+        "P-TAPT phase 1",
+        frame_fingerprint(hparams, train_manifest),
+        final / RECORD_FILE,
+        checkpoints=save_folder,
+        checkpoint_record=_SETTINGS_FILE,
+    )
+    if cache.is_done([final / MODEL_FILE]):
+        logger.info("P-TAPT phase 1 of fold %s is finished (%s), skipping it.", fold, final)
+        return final
+    cache.guard_checkpoints()
 
     classes = list(hparams["classes"])
     class_weights = inverse_prior_weights(check_labels(train_manifest, classes), classes)
@@ -1437,46 +1511,45 @@ def run_frame_stage(
     seed_everything(seed)
     model = hparams["frame_model"]()
     checkpointer = hparams["frame_checkpointer"]()
-    train_logger = hparams.get("frame_train_logger")
     brain = train_frame_model(
-        model,
-        {**hparams, "frame_train_logger": None if train_logger is None else train_logger()},
-        run_opts,
-        train_part,
-        valid_part,
-        class_weights,
-        checkpointer,
+        model, hparams, run_opts, train_part, valid_part, class_weights, checkpointer
     )
 
-    best = checkpointer.find_checkpoint(importance_key=validation_rank, ckpt_predicate=is_validated)
+    select_by = str(hparams["frame_select_by"])
+    best = checkpointer.find_checkpoint(
+        importance_key=selection_rank(select_by), ckpt_predicate=is_validated
+    )
     if best is None:
         raise RuntimeError(f"no validated checkpoint in {save_folder}: nothing to select")
-    state = torch.load(best.paramfiles["model"], map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load_checkpoint_file(best.paramfiles["model"]), strict=True)
     if if_main_process():
-        save_frame_model(
-            model,
-            final,
-            {
-                "settings": fingerprint,
+        cache.publish_folder(
+            lambda partial: _write_state(model, partial),
+            **{
+                "format_version": _FORMAT_VERSION,
                 "fold": str(fold),
                 "classes": classes,
                 "sample_rate": int(hparams["sample_rate"]),
                 "class_weights": class_weights.tolist(),
                 "train_manifest": str(train_manifest),
+                "select_by": select_by,
                 "selected": {
                     key: best.meta[key]
                     for key in ("optimizer_step", "ua", "wa", "loss", "frame_acc")
                     if key in best.meta
                 },
                 "optimizer_steps": int(brain.optimizer_step),
+                "architecture": model.architecture(),
             },
         )
         logger.info(
-            "P-TAPT phase 1 of fold %s done: step %s (validation UA %.3f) saved in %s.",
+            "P-TAPT phase 1 of fold %s done: step %s (validation loss %.4f, UA %.3f; "
+            "selected by %s) saved in %s.",
             fold,
             best.meta.get("optimizer_step"),
+            best.meta["loss"],
             best.meta["ua"],
+            select_by,
             final,
         )
     ddp_barrier()

@@ -1,10 +1,12 @@
 """Checking a recipe's command-line overrides against its yaml before anything runs.
 
-Every ``--key=value`` override must name a top-level key of the yaml and have the
-type of that key's default (an integer where the yaml has an integer, a number
-where it has a float, ``true``/``false`` where it has a boolean, a list where it
-has a list); well-known settings must also lie in their range (at least one
-epoch, a positive learning rate, K of at least 2 ...). A ``!PLACEHOLDER`` key
+Every ``--key=value`` override must name a top-level key of the yaml (hyperpyyaml's
+own check, with the closest keys suggested) and have the type of that key's
+default (an integer where the yaml has an integer, a number where it has a float,
+``true``/``false`` where it has a boolean, a list where it has a list); well-known
+settings must also lie in their range (at least one epoch, a positive learning
+rate, K of at least 2 ...), and settings of an object that validates its own
+arguments (the k-means settings) are given to it. A ``!PLACEHOLDER`` key
 (``data_folder``) must be given. Errors are :class:`HparamsError`, whose message
 names the key, the value given and what is expected, so a typo costs one line of
 output instead of a traceback from inside torch minutes later.
@@ -18,16 +20,22 @@ from __future__ import annotations
 import difflib
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from hyperpyyaml.core import recursive_update
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import YAMLError
 
+from speechbrain_ptapt.dataio import CROPS
+from speechbrain_ptapt.errors import PtaptError
+from speechbrain_ptapt.kmeans import KMeansSettings
+from speechbrain_ptapt.repeats import OUTLIER_REFERENCES
 
-class HparamsError(ValueError):
+
+class HparamsError(PtaptError, ValueError):
     """A command-line override or hparams value with an unknown name, a wrong type
     or a value out of range; the message names the key and what is expected."""
 
@@ -59,7 +67,6 @@ POSITIVE_INTS = frozenset(
         "frame_steps",
         "frame_batch_size",
         "frame_valid_batch_size",
-        "frame_valid_every",
         "frame_time_mask_length",
         "frame_channel_mask_length",
         "frame_feature_dim",
@@ -67,8 +74,6 @@ POSITIVE_INTS = frozenset(
         "frame_head_dim",
         "frame_cnn_aggregator_layers",
         "frame_cnn_aggregator_kernel",
-        "kmeans_iterations",
-        "kmeans_points_per_cluster",
         "ptapt_steps",
         "ptapt_num_buckets",
         "frame_num_buckets",
@@ -115,7 +120,6 @@ POSITIVE_NUMBERS = frozenset(
         "frame_batch_seconds",
         "frame_max_seconds",
         "outlier_num_std",
-        "tapt_gumbel_temperature",
     }
 )
 
@@ -142,6 +146,7 @@ NUMBERS = POSITIVE_NUMBERS | FRACTIONS | {"ckpt_interval_minutes"}
 #: of utterances instead of a duration budget).
 NULLABLE = frozenset(
     {
+        "normalize_waveform",
         "max_train_seconds",
         "tapt_max_seconds",
         "ptapt_max_seconds",
@@ -154,11 +159,27 @@ NULLABLE = frozenset(
 #: Settings with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
     "frame_encoder": ("wav2vec1", "w2v2_cnn"),
-    "outlier_reference": ("all", "others"),
-    "kmeans_init": ("random", "k-means++"),
+    "outlier_reference": OUTLIER_REFERENCES,
+    "tapt_loss_reduction": ("sum", "mean"),
+    "tapt_diversity_scaling": ("unscaled", "per_masked_frame"),
+    "frame_select_by": ("valid_loss", "valid_ua"),
+    "frame_valid_crop": ("shortest", "none"),
+    "train_crop": tuple(CROPS),
     "time_mask_scope": ("batch", "utterance"),
     "ptapt_time_mask_scope": ("batch", "utterance"),
 }
+
+#: Settings an object checks itself: yaml key -> (its class, the argument it gives).
+CHECKED_BY: dict[str, tuple[type, str]] = {
+    "kmeans_iterations": (KMeansSettings, "iterations"),
+    "kmeans_init": (KMeansSettings, "init"),
+    "kmeans_points_per_cluster": (KMeansSettings, "points_per_cluster"),
+    "kmeans_fit_set": (KMeansSettings, "fit_set"),
+}
+
+#: Gumbel-softmax temperatures: a number greater than 0, or fairseq's anneal
+#: ``[start, end, decay]`` (see :func:`speechbrain_ptapt.tapt.gumbel_temperature_schedule`).
+TEMPERATURES = frozenset({"tapt_gumbel_temperature"})
 
 #: List settings that also accept a single value (``--folds=5``).
 SCALAR_OR_LIST = frozenset({"folds"})
@@ -227,6 +248,8 @@ def _kind(key: str, default: Any) -> str | None:
     anything goes."""
     if key in NUMBERS:
         return "number"
+    if key in TEMPERATURES:
+        return None  # a number or a list: checked by _range_problem
     if isinstance(default, bool):
         return "bool"
     if isinstance(default, int):
@@ -272,10 +295,28 @@ def _matches(kind: str, value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def _is_temperature(value: Any) -> bool:
+    """A finite number greater than 0, or ``[start, end, decay]`` with
+    ``start >= end > 0`` (finite) and ``0 < decay <= 1``."""
+    if _is_number(value):
+        return 0 < value < math.inf
+    if not (isinstance(value, list) and len(value) == 3 and all(map(_is_number, value))):
+        return False
+    start, end, decay = value
+    return math.isfinite(start) and start >= end > 0 and 0 < decay <= 1
+
+
 def _range_problem(key: str, value: Any) -> str | None:
-    """What is wrong with the value of a well-known setting, or None."""
+    """What is wrong with the value of a well-known setting (what is expected, or the
+    message of the object that checks it), or None."""
     if value is None and key in NULLABLE:
         return None
+    if key in CHECKED_BY:
+        cls, argument = CHECKED_BY[key]
+        try:
+            cls(**{argument: value})
+        except (TypeError, ValueError) as err:
+            return str(err)
     if key in POSITIVE_INTS and not (_is_int(value) and value >= 1):
         return "an integer of at least 1"
     if key in NON_NEGATIVE_INTS and not (_is_int(value) and value >= 0):
@@ -286,6 +327,11 @@ def _range_problem(key: str, value: Any) -> str | None:
         return "a number between 0 and 1"
     if key in CHOICES and value not in CHOICES[key]:
         return "one of " + ", ".join(CHOICES[key])
+    if key in TEMPERATURES and not _is_temperature(value):
+        return (
+            "a finite number greater than 0, or [start, end, decay] with start >= end > 0 "
+            "and 0 < decay <= 1 (e.g. [2.0, 0.5, 0.999995])"
+        )
     if key == "n_clusters":
         if not isinstance(value, list) or not value:
             return "a non-empty list of cluster counts K, e.g. [64, 512, 4096]"
@@ -293,9 +339,42 @@ def _range_problem(key: str, value: Any) -> str | None:
             return "a list of integers K of at least 2, e.g. [64, 512, 4096]"
         if len(set(value)) != len(value):
             return "a list of distinct K, e.g. [64, 512, 4096]"
+    if key == "frame_valid_every" and value != "epoch" and not (_is_int(value) and value >= 1):
+        return "epoch or an integer of at least 1 (optimizer steps)"
     if key in SCALAR_OR_LIST and isinstance(value, list) and not value:
         return "at least one fold"
+    revision_ok = value is None or (isinstance(value, str) and value.strip() != "")
+    if key == "wav2vec2_revision" and not revision_ok:
+        return "a hub revision (branch, tag or commit hash), or null for the latest"
     return None
+
+
+def unknown_override_error(
+    hparams_file: str | Path, overrides: Mapping[str, Any], keys: Collection[str]
+) -> HparamsError | None:
+    """The error for an override that is not a top-level key of the yaml, naming the
+    closest keys; None when every override is a key.
+
+    Arguments
+    ---------
+    hparams_file : str or Path
+        The yaml (its name goes into the message).
+    overrides : mapping
+        ``--key=value`` overrides.
+    keys : collection of str
+        The yaml's top-level keys.
+    """
+    unknown = [key for key in overrides if key not in keys]
+    if not unknown:
+        return None
+    key = unknown[0]
+    close = difflib.get_close_matches(str(key), list(keys), n=3)
+    hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
+    return HparamsError(
+        f"Unknown option --{key}: it is not a key of {Path(hparams_file).name}.{hint} Every "
+        "--key=value option must be a top-level key of the hparams yaml (SpeechBrain run "
+        "options such as --device and --precision excepted)."
+    )
 
 
 def check_overrides(hparams_file: str | Path, overrides: Mapping[str, Any]) -> None:
@@ -318,15 +397,11 @@ def check_overrides(hparams_file: str | Path, overrides: Mapping[str, Any]) -> N
     """
     defaults = yaml_defaults(hparams_file)
     name = Path(hparams_file).name
+    try:  # the check load_hyperpyyaml makes, on the top-level keys
+        recursive_update(dict.fromkeys(defaults), dict.fromkeys(overrides), must_match=True)
+    except KeyError as err:
+        raise unknown_override_error(hparams_file, overrides, list(defaults)) from err
     for key, value in overrides.items():
-        if key not in defaults:
-            close = difflib.get_close_matches(str(key), list(defaults), n=3)
-            hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
-            raise HparamsError(
-                f"Unknown option --{key}: it is not a key of {name}.{hint} Every --key=value "
-                "option must be a top-level key of the hparams yaml (SpeechBrain run options "
-                "such as --device and --precision excepted)."
-            )
         default = defaults[key]
         kind = _kind(str(key), default)
         scalar_fold = key in SCALAR_OR_LIST and isinstance(value, (str, int))
@@ -338,8 +413,9 @@ def check_overrides(hparams_file: str | Path, overrides: Mapping[str, Any]) -> N
             )
         problem = _range_problem(str(key), value)
         if problem is not None:
+            problem = problem if key in CHECKED_BY else f"expected {problem}"
             raise HparamsError(
-                f"Option --{key}={_show(value)} is invalid: expected {problem} "
+                f"Option --{key}={_show(value)} is invalid: {problem} "
                 f"(the default in {name} is {_show(default)})."
             )
     for key, default in defaults.items():

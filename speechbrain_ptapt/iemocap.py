@@ -500,8 +500,7 @@ def prepare_iemocap(
 
     logger.info("Preparing IEMOCAP from %s into %s.", root, save_folder)
     clear_prepared(save_folder)
-    entries, dropped = _collect(sessions)
-    _log_dropped(dropped)
+    entries = parse_iemocap(root)
     _check_counts(entries, sessions, root)
 
     for fold, fold_paths in paths.items():

@@ -1,4 +1,5 @@
-"""Emotion recognition with an exported model: a SpeechBrain ``Pretrained`` interface.
+"""Emotion recognition with an exported model: a SpeechBrain ``Pretrained`` interface,
+and the model's input and pooling code that training shares.
 
 :class:`EmotionRecognizer` loads a folder written by :mod:`speechbrain_ptapt.export`
 (or its Hugging Face Hub copy) with ``EmotionRecognizer.from_hparams(source=...)``
@@ -8,26 +9,170 @@ returning ``(out_prob, score, index, text_lab)``.
 The computation is the one the recipes evaluate (:class:`~speechbrain_ptapt.vft.EmotionClassifier`
 in eval mode): per-utterance zero-mean unit-variance input, wav2vec2 with a
 padding mask, ReLU, mean over valid frames, ReLU, linear head, softmax. The
-exporter writes this module as the folder's ``custom_interface.py`` with the few
-package definitions it uses copied in, so stock SpeechBrain's ``foreign_class``
-loads the folder without this package installed.
+audio reader, the input normalisation, the receptive field and the masked mean
+are defined here and imported by the training code, so both compute the same.
+
+This module is self-contained: it imports numpy, soundfile, torch, torchaudio,
+transformers and SpeechBrain only, never this package. The exporter copies it
+verbatim as the folder's ``custom_interface.py``, so stock SpeechBrain's
+``foreign_class`` loads an exported folder without this package installed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.interfaces import Pretrained
 from transformers import Wav2Vec2Model
 
-# >>> package definitions (an exported custom_interface.py carries them inline)
-from speechbrain_ptapt.audio import AudioError, load_audio
-from speechbrain_ptapt.backbone import normalize_waveforms, receptive_field_samples
-from speechbrain_ptapt.vft import masked_mean
+# ----------------------------------------------------------------------------
+# Audio input, normalisation and pooling (shared with training)
+# ----------------------------------------------------------------------------
 
-# <<< package definitions
+#: Sampling rate of the models' input, in Hz.
+TARGET_SAMPLE_RATE = 16000
+
+
+class PtaptError(Exception):
+    """An error in the user's data, settings or files; the message says what to do.
+
+    The base class of every such error of the package (see
+    :mod:`speechbrain_ptapt.errors`, which re-exports it). It is defined here because
+    this module is copied verbatim into exported models and imports nothing of the
+    package, and the audio errors below must be of this class there too.
+    """
+
+
+class AudioError(PtaptError, RuntimeError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+
+def to_mono_16k(
+    waveform: torch.Tensor, sample_rate: int, target_sample_rate: int = TARGET_SAMPLE_RATE
+) -> torch.Tensor:
+    """Down-mixes and resamples a waveform.
+
+    Arguments
+    ---------
+    waveform : torch.Tensor
+        (samples,) or (samples, channels) float audio.
+    sample_rate : int
+        Its sampling rate in Hz.
+    target_sample_rate : int
+        The sampling rate of the result in Hz.
+
+    Returns
+    -------
+    torch.Tensor
+        (samples at ``target_sample_rate``,) float32.
+    """
+    waveform = waveform.float()
+    if waveform.dim() == 2:
+        waveform = waveform.mean(dim=1)
+    if sample_rate != target_sample_rate:
+        waveform = AF.resample(waveform, sample_rate, target_sample_rate)
+    return waveform.contiguous()
+
+
+def load_audio(path: str | Path, target_sample_rate: int = TARGET_SAMPLE_RATE) -> torch.Tensor:
+    """Reads an audio file as a mono float32 waveform at ``target_sample_rate``.
+
+    Stereo files are averaged over channels and other sampling rates resampled,
+    so no file is ever fed to a model in the wrong format.
+
+    Arguments
+    ---------
+    path : str or Path
+        The audio file (any format soundfile reads: wav, flac, ogg ...).
+    target_sample_rate : int
+        Sampling rate of the returned waveform, in Hz.
+
+    Returns
+    -------
+    torch.Tensor
+        (samples,) float32 waveform.
+
+    Raises
+    ------
+    AudioError
+        When the file is missing, unreadable, empty or holds non-finite samples.
+    """
+    path = Path(path)
+    fix = "fix or replace the file, or leave it out of the data"
+    if not path.is_file():
+        raise AudioError(f"Audio file not found: {path}; {fix}.")
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for corrupt files
+        raise AudioError(
+            f"Cannot read audio file {path}: {err}; expected audio soundfile reads "
+            f"(wav, flac, ogg ...): {fix}."
+        ) from err
+    if data.shape[0] == 0:
+        raise AudioError(f"Audio file {path} is empty (0 samples); {fix}.")
+    if not np.isfinite(data).all():
+        raise AudioError(f"Audio file {path} contains NaN or infinite samples; {fix}.")
+    return to_mono_16k(torch.from_numpy(data), sample_rate, target_sample_rate)
+
+
+def receptive_field_samples(model: Wav2Vec2Model) -> int:
+    """Smallest input length in samples for which the CNN encoder yields one frame.
+
+    Found with the model's own length formula (400 samples for wav2vec2-base).
+    """
+    length = 1
+    while int(model._get_feat_extract_output_lengths(torch.tensor(length))) < 1:
+        length += 1
+    return length
+
+
+def normalize_waveforms(wavs: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, unit-variance normalisation of each waveform over its valid samples.
+
+    Matches ``Wav2Vec2FeatureExtractor(do_normalize=True)`` applied to each
+    utterance alone; padding stays 0.
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        (batch, samples) padded waveforms.
+    num_samples : torch.Tensor
+        (batch,) valid samples of each waveform.
+    """
+    valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < num_samples[:, None]
+    count = num_samples.clamp(min=1).to(wavs.dtype)[:, None]
+    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
+    var = (((wavs - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
+    return (wavs - mean) / torch.sqrt(var + 1e-7) * valid
+
+
+def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid frames of each utterance.
+
+    Arguments
+    ---------
+    hidden : torch.Tensor
+        (batch, frames, dim) frame representations.
+    frame_mask : torch.Tensor
+        (batch, frames) bool, True on valid frames (padding excluded).
+
+    Returns
+    -------
+    torch.Tensor
+        (batch, dim).
+    """
+    weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+# ----------------------------------------------------------------------------
+# The interface
+# ----------------------------------------------------------------------------
 
 #: Defaults of the optional hyperparameters of the inference yaml.
 DEFAULT_MAX_CHUNK_SECONDS = 60.0
@@ -122,8 +267,6 @@ class EmotionRecognizer(Pretrained):
         wav2vec2: Wav2Vec2Model = self.mods.wav2vec2
         self.min_samples = receptive_field_samples(wav2vec2)
         if getattr(self.hparams, "label_encoder", None) is None:
-            from speechbrain.dataio.encoder import CategoricalEncoder
-
             encoder = CategoricalEncoder()
             encoder.update_from_iterable(self.classes)
             encoder.expect_len(len(self.classes))
@@ -383,4 +526,14 @@ class EmotionRecognizer(Pretrained):
         return self.classify_batch(wavs, wav_lens)
 
 
-__all__ = ["AudioError", "EmotionRecognizer", "chunk_bounds"]
+__all__ = [
+    "TARGET_SAMPLE_RATE",
+    "AudioError",
+    "EmotionRecognizer",
+    "chunk_bounds",
+    "load_audio",
+    "masked_mean",
+    "normalize_waveforms",
+    "receptive_field_samples",
+    "to_mono_16k",
+]

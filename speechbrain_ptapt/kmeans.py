@@ -10,8 +10,9 @@ pseudo-labels. At IEMOCAP scale that is about 1.26 M frames x 512 float32
   ``||x||^2 - 2 x.c + ||c||^2`` into a reused (chunk, K) buffer, followed by
   an arg-min;
 * never copies the whole feature matrix: a ``np.memmap``, an in-memory array
-  or a tensor is read chunk by chunk; only a subsample (``max_points``) may be
-  gathered once, and only when it is small compared with the data;
+  or a tensor is read chunk by chunk; only a fitting subset (``max_points``
+  random rows or the caller's ``rows``) may be gathered once, and only when it
+  is small compared with the data;
 * is deterministic: the subsample, the initial centroids (a seeded random
   sample of distinct points, as faiss does, or optionally greedy k-means++ on
   a subsample) and the re-seeding of empty clusters (the points farthest from
@@ -39,7 +40,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["KMeansResult", "assign_clusters", "fit_kmeans"]
+from speechbrain_ptapt.errors import InputError
+
+__all__ = [
+    "KMEANS_FIT_SETS",
+    "KMEANS_INITS",
+    "KMeansResult",
+    "KMeansSettings",
+    "assign_clusters",
+    "fit_kmeans",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +67,58 @@ _GATHER_ONCE_FRACTION = 0.25
 _DEVICE_RESIDENT_FRACTION = 0.5
 
 FeatureArray = np.ndarray | torch.Tensor
+
+#: Seeding of the centroids (:func:`fit_kmeans`'s ``init``).
+KMEANS_INITS = ("random", "k-means++")
+#: Fitting frames of the pseudo-label codebooks (yaml ``kmeans_fit_set``):
+#: ``"shared"``, one set for every K as the authors' code; ``"per_k"``, each K on its
+#: own random frames (see :func:`speechbrain_ptapt.pseudo_labels.fit_codebooks`).
+KMEANS_FIT_SETS = ("shared", "per_k")
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """The k-means settings of the P-TAPT pseudo-labels: everything that decides the
+    codebooks besides the features and K (all of it enters their fingerprints).
+
+    Where k-means runs is not a setting: it is the device of the whole pseudo-label
+    preparation, and it changes the codebooks by float rounding at most.
+
+    Attributes
+    ----------
+    iterations : int
+        Maximum Lloyd passes (yaml ``kmeans_iterations``; 20, faiss' default in the
+        authors' code).
+    init : str
+        Centroid seeding, one of :data:`KMEANS_INITS` (yaml ``kmeans_init``).
+    points_per_cluster : int
+        Fitting frames per centroid (of the largest K with the shared fitting set;
+        yaml ``kmeans_points_per_cluster``).
+    fit_set : str
+        One of :data:`KMEANS_FIT_SETS` (yaml ``kmeans_fit_set``).
+    seed : int
+        Seed of the fitting set and of the seeding (yaml ``kmeans_seed``).
+    """
+
+    iterations: int = 20
+    init: str = "random"
+    points_per_cluster: int = 1000
+    fit_set: str = "shared"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "points_per_cluster"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(
+                    f"k-means {name}: expected an integer of at least 1, got {value!r}"
+                )
+        for name, choices in (("init", KMEANS_INITS), ("fit_set", KMEANS_FIT_SETS)):
+            if getattr(self, name) not in choices:
+                raise InputError(
+                    f"k-means {name}: expected one of {', '.join(choices)}, "
+                    f"got {getattr(self, name)!r}"
+                )
 
 
 @dataclass
@@ -353,6 +415,18 @@ def _reseed_empty(
     return len(chosen)
 
 
+def _fitting_rows(n_rows: int, rows: np.ndarray | torch.Tensor) -> torch.Tensor | None:
+    """The caller's fitting rows as sorted, distinct int64 ids (CPU), or None when they
+    are every row."""
+    ids = torch.as_tensor(np.asarray(rows), dtype=torch.long).flatten()
+    if ids.numel() == 0:
+        raise ValueError("rows must name at least one row")
+    ids = torch.unique(ids)  # sorted
+    if int(ids[0]) < 0 or int(ids[-1]) >= n_rows:
+        raise ValueError(f"rows must be row ids in [0, {n_rows}), got {ids.min()}..{ids.max()}")
+    return None if ids.numel() == n_rows else ids
+
+
 def _subsample(
     n_rows: int, max_points: int | None, generator: torch.Generator
 ) -> torch.Tensor | None:
@@ -422,6 +496,7 @@ def fit_kmeans(
     chunk_size: int | None = None,
     verbose: bool = False,
     init: str = "random",
+    rows: np.ndarray | torch.Tensor | None = None,
 ) -> KMeansResult:
     """Fit k-means (Lloyd's algorithm) to the rows of ``features``.
 
@@ -437,8 +512,8 @@ def fit_kmeans(
         20 as in the original faiss setup. Stops earlier once an assignment
         pass changes no label and leaves no cluster empty.
     max_points : int | None
-        Fit on at most this many rows, drawn without replacement from ``seed``
-        (P-TAPT uses 1000 * K). None fits on all rows.
+        Fit on at most this many rows, drawn without replacement from ``seed``.
+        None fits on all rows (or on ``rows``).
     seed : int
         Seed of the subsample and of the initial centroids (K distinct rows of
         the fitting set drawn uniformly).
@@ -456,6 +531,11 @@ def fit_kmeans(
         costs about K small matrix products but avoids the merged or split
         clusters a uniform draw tends to leave when clusters are few and far
         apart.
+    rows : np.ndarray | torch.Tensor | None
+        Fit on these rows of ``features`` only (int row ids; order and repeats
+        do not matter), e.g. one fitting set shared by several K. Not together
+        with ``max_points``. A set of at most a quarter of the rows is gathered
+        into memory once; a larger one is gathered chunk by chunk at every pass.
 
     Returns
     -------
@@ -468,15 +548,20 @@ def fit_kmeans(
         raise ValueError(f"n_clusters must be positive, got {n_clusters}")
     if n_iter < 1:
         raise ValueError(f"n_iter must be positive, got {n_iter}")
-    if init not in ("random", "k-means++"):
-        raise ValueError(f"init must be 'random' or 'k-means++', got {init!r}")
+    if init not in KMEANS_INITS:
+        raise ValueError(f"init must be one of {KMEANS_INITS}, got {init!r}")
     dev = _resolve_device(device)
     chunk_rows = int(chunk_size) if chunk_size else _auto_chunk_rows(n_clusters)
     if chunk_rows < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
 
+    if rows is not None and max_points is not None:
+        raise ValueError("give either max_points or rows, not both")
     generator = torch.Generator().manual_seed(int(seed))
-    indices = _subsample(n_total, max_points, generator)
+    if rows is not None:
+        indices = _fitting_rows(n_total, rows)
+    else:
+        indices = _subsample(n_total, max_points, generator)
     source = _RowSource(features, dev, chunk_rows, indices)
     n_fit = source.n_rows
     if n_clusters > n_fit:

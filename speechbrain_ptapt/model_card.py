@@ -3,18 +3,18 @@
 The card of a classifier states the method, backbone, data and protocol, the
 experiment's per-fold and mean UA / WA (from its ``summary.json``), the
 training settings (from its ``hyperparams.yaml``), usage with and without this
-package, the files, and the intended use and limitations.
+package, the files, and the intended use and limitations. :class:`RunToExport`
+holds what the cards say about a run; :mod:`speechbrain_ptapt.export` fills it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
-
-if TYPE_CHECKING:
-    from speechbrain_ptapt.export import RunToExport
 
 #: The method in one sentence, per method key.
 METHOD_DESCRIPTIONS = {
@@ -64,6 +64,41 @@ ADAPTATION_SETTINGS = (
 )
 
 
+@dataclass
+class RunToExport:
+    """A finished fine-tuning run and what the model card says about it."""
+
+    run_folder: Path
+    fold: str
+    seed: int
+    result: dict[str, Any]
+    checkpoint: Path
+    checkpoint_meta: dict[str, Any]
+    method: str
+    dataset: str
+    summary: dict[str, Any] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    adapted_backbone: Path | None = None
+    hub_cache: str | None = None
+
+    @property
+    def output_folder(self) -> Path:
+        """The experiment folder (``<output_folder>``, parent of the fold folder)."""
+        return self.run_folder.parent.parent
+
+    @property
+    def backbone(self) -> str:
+        """The backbone the fine-tuning started from (hub id or folder)."""
+        return str(self.result.get("backbone", ""))
+
+    @property
+    def pretrained_backbone(self) -> str:
+        """The backbone the experiment started from (before any adaptation)."""
+        if self.summary and self.summary.get("backbone"):
+            return str(self.summary["backbone"])
+        return str(self.settings.get("wav2vec2_hub", self.backbone))
+
+
 def _percent(value: Any) -> str:
     return "-" if value is None else f"{100 * float(value):.1f}"
 
@@ -98,7 +133,7 @@ def _results_table(info: RunToExport) -> str:
         cells = [_percent(summary["folds"][f].get(key)) for f in folds]
         cells.append(_percent(summary.get("mean", {}).get(key)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    runs = sorted({f.get("kept_runs", len(f.get("runs", []))) for f in summary["folds"].values()})
+    runs = sorted({f["kept_runs"] for f in summary["folds"].values()})
     notes = [
         f"Fold values are means over {', '.join(map(str, runs))} run(s); Mean is the mean "
         "over folds. UA: unweighted accuracy (mean per-class recall); WA: overall accuracy."

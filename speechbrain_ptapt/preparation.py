@@ -2,7 +2,9 @@
 
 Reading wav headers, writing JSON manifests atomically, and the skip-if-done
 record (``preparation.json``) that lets a preparation run once per data folder
-and set of options. The IEMOCAP and SAVEE preparations share these.
+and set of options (a :class:`~speechbrain_ptapt.stage_cache.StageCache` of
+derived data: other options prepare the manifests again). The IEMOCAP and SAVEE
+preparations share these.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import json
 import logging
 import os
 import sys
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import soundfile as sf
+
+from speechbrain_ptapt.errors import PtaptError
+from speechbrain_ptapt.stage_cache import StageCache, canonical
+from speechbrain_ptapt.stage_cache import atomic_write as atomic_write  # re-exported
+from speechbrain_ptapt.stage_cache import write_json_atomic as write_json_atomic  # re-exported
 
 #: Name of the record, inside a save folder, of the finished preparation.
 PREPARATION_RECORD = "preparation.json"
@@ -28,7 +33,7 @@ PREPARATION_RECORD = "preparation.json"
 PREPARATION_FORMAT_VERSION = 1
 
 
-class DataPreparationError(Exception):
+class DataPreparationError(PtaptError):
     """Raised when a corpus on disk is missing, incomplete or malformed.
 
     The message names the file or folder at fault, says what is wrong with it
@@ -75,68 +80,6 @@ def audio_info(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     return int(info.frames), int(info.samplerate), int(info.channels)
 
 
-@contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on success it is flushed to
-    disk and renamed over ``path`` with :func:`os.replace` (atomic on POSIX and
-    Windows), on failure deleted. ``path`` is thus either absent, old, or complete.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        Destination file; its parent folders are created if needed.
-    mode : str
-        ``"w"`` (text, UTF-8) or ``"wb"`` (binary).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name, created with the process umask (unlike mkstemp's 0600).
-    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    binary = "b" in mode
-    encoding = None if binary else "utf-8"
-    try:
-        with open(tmp_name, "xb" if binary else "x", encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON (indented) with :func:`atomic_write`, so that a
-    half-written manifest is never taken as finished.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        Destination file; its parent folders are created if needed.
-    obj : Any
-        A JSON-serialisable object.
-    """
-    with atomic_write(path) as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert an option value to a plain JSON value (paths to strings, tuples to lists)."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(_jsonable(item) for item in value)
-    return value
-
-
 def preparation_fingerprint(**options: Any) -> dict[str, Any]:
     """Describe a preparation by every input that changes its outputs.
 
@@ -154,13 +97,25 @@ def preparation_fingerprint(**options: Any) -> dict[str, Any]:
     -------
     dict
         A JSON-serialisable dict holding the options and the format version
-        (``PREPARATION_FORMAT_VERSION``).
+        (``PREPARATION_FORMAT_VERSION``), as it reads back from the record.
     """
-    fingerprint = {key: _jsonable(value) for key, value in sorted(options.items())}
-    fingerprint["format_version"] = PREPARATION_FORMAT_VERSION
-    # Round-trip through JSON so the in-memory dict compares equal to the
-    # one read back from disk (e.g. tuples become lists).
-    return json.loads(json.dumps(fingerprint))
+    return canonical(
+        {**dict(sorted(options.items())), "format_version": PREPARATION_FORMAT_VERSION}
+    )
+
+
+def preparation_cache(
+    save_folder: str | os.PathLike[str], fingerprint: dict[str, Any]
+) -> StageCache:
+    """The manifests of a save folder as a cached stage (:mod:`~speechbrain_ptapt.stage_cache`):
+    derived data, prepared again when its record holds another fingerprint."""
+    return StageCache(
+        "data preparation",
+        fingerprint,
+        Path(save_folder) / PREPARATION_RECORD,
+        expensive=False,
+        field=None,
+    )
 
 
 def is_prepared(
@@ -183,19 +138,10 @@ def is_prepared(
     -------
     bool
         True when ``preparation.json`` exists, holds exactly ``fingerprint``
-        and every output exists; False otherwise (then prepare again).
+        and every output exists; False otherwise (then prepare again; what differs
+        is logged).
     """
-    record = Path(save_folder) / PREPARATION_RECORD
-    if not record.is_file():
-        return False
-    try:
-        with open(record, encoding="utf-8") as handle:
-            stored = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    if stored != fingerprint:
-        return False
-    return all(Path(output).is_file() for output in outputs)
+    return preparation_cache(save_folder, fingerprint).is_done(outputs)
 
 
 def mark_prepared(save_folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> Path:
@@ -213,9 +159,7 @@ def mark_prepared(save_folder: str | os.PathLike[str], fingerprint: dict[str, An
     Path
         The written ``<save_folder>/preparation.json``.
     """
-    record = Path(save_folder) / PREPARATION_RECORD
-    write_json_atomic(record, fingerprint)
-    return record
+    return preparation_cache(save_folder, fingerprint).publish()
 
 
 def clear_prepared(save_folder: str | os.PathLike[str]) -> None:
@@ -283,7 +227,7 @@ def preparation_command(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         paths = prepare(args.data_folder, args.save_folder, folds=args.folds)
-    except DataPreparationError as error:
+    except PtaptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for fold, fold_paths in paths.items():

@@ -7,8 +7,10 @@ Three stages, each writing files the next one reads, each rerunnable alone:
    manifest and appends its frames to ``features/features.npy`` (read back
    memory-mapped), with ``features/index.json`` (ids, frames and samples per
    utterance).
-2. :func:`fit_codebooks` learns one k-means codebook per K on up to
-   ``1000 * K`` sampled frames (``kmeans_<K>.npy``).
+2. :func:`fit_codebooks` learns one k-means codebook per K (``kmeans_<K>.npy``),
+   every K on the same fitting set of up to ``1000 * max(K)`` frames (whole
+   utterances, as the authors' code; :func:`shared_fitting_rows`), or
+   optionally each K on its own ``1000 * K`` randomly sampled frames.
 3. :func:`write_labels` assigns every frame to its nearest centroid and writes
    ``labels.npy`` (total wav2vec2 frames, number of K) with ``index.json``,
    plus ``diagnostics.json`` / ``diagnostics.md`` (cluster usage, purity and
@@ -20,7 +22,7 @@ labels were computed from), reusing fresh results and recomputing stale ones.
 into a SpeechBrain data pipeline, cropped consistently with the audio.
 
 Frame alignment: utterance ``u`` of ``num_samples`` samples (as
-:func:`~speechbrain_ptapt.audio.load_audio` reads it, i.e. what the data
+:func:`~speechbrain_ptapt.inference.load_audio` reads it, i.e. what the data
 pipeline feeds the backbone) gets exactly :func:`backbone_frame_counts` label
 frames, the number of frames the wav2vec2 backbone outputs for it. Frame ``f``
 of the phase-1 model is frame ``f`` of wav2vec2 (both 20 ms, starting at sample
@@ -30,7 +32,9 @@ of the phase-1 model is frame ``f`` of wav2vec2 (both 20 ms, starting at sample
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -48,11 +52,13 @@ from torch import nn
 from tqdm import tqdm
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths, wav2vec2_hop_samples
+from speechbrain_ptapt.errors import MissingFileError, PtaptError
 from speechbrain_ptapt.experiment import read_json, write_json
-from speechbrain_ptapt.kmeans import assign_clusters, fit_kmeans
-from speechbrain_ptapt.preparation import atomic_write
+from speechbrain_ptapt.frame_emotion import load_frame_model
+from speechbrain_ptapt.inference import load_audio
+from speechbrain_ptapt.kmeans import KMeansSettings, assign_clusters, fit_kmeans
+from speechbrain_ptapt.stage_cache import StageCache, atomic_write, canonical, differences
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +78,12 @@ KMEANS_RECORD_FILE = "kmeans.json"
 DIAGNOSTICS_JSON = "diagnostics.json"
 DIAGNOSTICS_MD = "diagnostics.md"
 FRAME_MODEL_FILES = ("frame_model.ckpt", "frame_model.json")
+#: The recipes' k-means settings (the authors' code): 20 iterations, uniform seeding,
+#: one shared fitting set of up to 1000 * max(K) frames, seed 0.
+DEFAULT_KMEANS = KMeansSettings()
 
-# Size of the .npy header of a feature dump: fixed, so the final shape can be
-# written over the provisional one without moving the data.
-_NPY_HEADER_BYTES = 128
 
-
-class PseudoLabelMismatchError(RuntimeError):
+class PseudoLabelMismatchError(PtaptError, RuntimeError):
     """Pseudo-labels that do not belong to the audio the pipeline reads."""
 
 
@@ -125,7 +130,7 @@ def frame_model_hash(frame_model: str | Path | nn.Module) -> str:
     folder = Path(frame_model)
     missing = [name for name in FRAME_MODEL_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder} is not a phase-1 frame model folder: {', '.join(missing)} missing "
             "(expected the 'final' folder written by the frame-level emotion stage)."
         )
@@ -203,34 +208,33 @@ def backbone_frame_counts(config: Wav2Vec2Config, num_samples: Any) -> np.ndarra
 # ----------------------------------------------------------------------------
 
 
-def _npy_header(num_rows: int, dim: int) -> bytes:
-    """A version 1.0 .npy header for a C-order little-endian float32 (rows, dim)
-    array, padded to :data:`_NPY_HEADER_BYTES` bytes."""
-    text = repr({"descr": "<f4", "fortran_order": False, "shape": (int(num_rows), int(dim))})
-    prefix_bytes = 10  # magic (6) + version (2) + header length (2)
-    body = text.encode("latin1")
-    pad = _NPY_HEADER_BYTES - prefix_bytes - len(body) - 1
-    if pad < 0:
-        raise ValueError(f"Feature dump shape ({num_rows}, {dim}) does not fit the header.")
-    body += b" " * pad + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
-
-
 class _AppendableNpy:
-    """A float32 (rows, dim) .npy file grown by appending rows at its end; the
-    header holds the true shape once :meth:`close` has run."""
+    """A float32 (rows, dim) .npy file grown by appending rows at its end.
+
+    ``numpy.lib.format.open_memmap`` needs the row count up front, but the phase-1
+    model's frames per utterance are known only once it has run (its frame mask).
+    numpy's version 1.0 header reserves room for the growth axis to reach 21 digits
+    (``numpy.lib.format.GROWTH_AXIS_MAX_DIGITS``), so the header written with 0 rows
+    is overwritten in place with the true shape by :meth:`close`.
+    """
 
     def __init__(self, path: Path, dim: int, resume_rows: int = 0) -> None:
         self.path = path
         self.dim = dim
         self.rows = resume_rows
         if resume_rows:
+            self.header_bytes = _npy_data_offset(path)
             self.file = open(path, "r+b")
-            self.file.truncate(_NPY_HEADER_BYTES + resume_rows * dim * 4)
+            self.file.truncate(self.header_bytes + resume_rows * dim * 4)
             self.file.seek(0, os.SEEK_END)
         else:
             self.file = open(path, "wb")
-            self.file.write(_npy_header(0, dim))
+            self._write_header()
+            self.header_bytes = self.file.tell()
+
+    def _write_header(self) -> None:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim)}
+        np.lib.format.write_array_header_1_0(self.file, header)
 
     def append(self, rows: np.ndarray) -> None:
         """Writes (n, dim) rows at the end of the file."""
@@ -248,9 +252,27 @@ class _AppendableNpy:
     def close(self) -> None:
         """Writes the final shape into the header and closes the file."""
         self.file.seek(0)
-        self.file.write(_npy_header(self.rows, self.dim))
+        self._write_header()
+        if self.file.tell() != self.header_bytes:
+            raise ValueError(f"The .npy header of {self.path} changed size; the dump is unusable.")
         self.sync()
         self.file.close()
+
+
+def _npy_data_offset(path: Path) -> int:
+    """Bytes before the data of a version 1.0 .npy file (its header's size)."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        return f.tell()
+
+
+def _holds_rows(path: Path, rows: int, dim: int) -> bool:
+    """Whether the partial dump ``path`` has a readable header and ``rows`` rows."""
+    try:
+        return path.stat().st_size >= _npy_data_offset(path) + rows * dim * 4
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -299,11 +321,6 @@ class FeatureDump:
         """(frames, dim) float32 memory-mapped features of every utterance, in order."""
         return np.load(self.folder / FEATURES_FILE, mmap_mode="r")
 
-    def utterance_features(self, index: int) -> np.ndarray:
-        """(frames, dim) features of the ``index``-th utterance (memory-mapped)."""
-        start = int(self.offsets[index])
-        return self.features[start : start + int(self.lengths[index])]
-
     @classmethod
     def load(cls, folder: str | Path) -> FeatureDump:
         """Opens a finished dump; FileNotFoundError when there is none in ``folder``."""
@@ -321,6 +338,18 @@ class FeatureDump:
             dim=int(index["dim"]),
             fingerprint=dict(index["fingerprint"]),
         )
+
+
+def features_cache(folder: str | Path, fingerprint: dict[str, Any]) -> StageCache:
+    """A feature dump as a cached stage (:mod:`~speechbrain_ptapt.stage_cache`): derived
+    data, recorded in ``index.json`` under ``fingerprint``, computed again when stale."""
+    return StageCache(
+        "pseudo-label features",
+        fingerprint,
+        Path(folder) / INDEX_FILE,
+        expensive=False,
+        field="fingerprint",
+    )
 
 
 def features_fingerprint(
@@ -407,13 +436,10 @@ def dump_features(
     out_folder.mkdir(parents=True, exist_ok=True)
     if fingerprint is None:
         fingerprint = features_fingerprint(manifest, model, sample_rate, batch_size)
-    try:
-        existing = FeatureDump.load(out_folder)
-        if existing.fingerprint == fingerprint:
-            logger.info("Feature dump in %s is up to date, reusing it.", out_folder)
-            return existing
-    except FileNotFoundError:
-        pass
+    cache = features_cache(out_folder, fingerprint)
+    if cache.is_done([out_folder / FEATURES_FILE]):
+        logger.info("Feature dump in %s is up to date, reusing it.", out_folder)
+        return FeatureDump.load(out_folder)
     for name in (INDEX_FILE, FEATURES_FILE):
         (out_folder / name).unlink(missing_ok=True)
 
@@ -424,11 +450,10 @@ def dump_features(
     record: dict[str, Any] = {"lengths": [], "num_samples": [], "dim": None}
     if progress_path.is_file() and partial.is_file():
         previous = read_json(progress_path)
-        expected_bytes = _NPY_HEADER_BYTES + sum(previous["lengths"]) * (previous["dim"] or 0) * 4
         if (
             previous.get("fingerprint") == fingerprint
             and previous["ids"] == ids[: len(previous["lengths"])]
-            and partial.stat().st_size >= expected_bytes
+            and _holds_rows(partial, sum(previous["lengths"]), previous["dim"] or 0)
         ):
             record = previous
             logger.info(
@@ -487,17 +512,13 @@ def dump_features(
         raise ValueError(f"The manifest {manifest} holds no utterance.")
     writer.close()
     os.replace(partial, out_folder / FEATURES_FILE)
-    write_json(
-        out_folder / INDEX_FILE,
-        {
-            "fingerprint": fingerprint,
-            "dim": record["dim"],
-            "sample_rate": int(sample_rate),
-            "ids": ids,
-            "lengths": record["lengths"],
-            "num_samples": record["num_samples"],
-            "emotions": [entries[u].get("emo") for u in ids],
-        },
+    cache.publish(
+        dim=record["dim"],
+        sample_rate=int(sample_rate),
+        ids=ids,
+        lengths=record["lengths"],
+        num_samples=record["num_samples"],
+        emotions=[entries[u].get("emo") for u in ids],
     )
     progress_path.unlink(missing_ok=True)
     dump = FeatureDump.load(out_folder)
@@ -519,23 +540,69 @@ def dump_features(
 def codebook_fingerprint(
     dump: FeatureDump,
     n_clusters: int,
-    n_iter: int,
-    max_points_per_cluster: int,
-    seed: int,
-    init: str = "random",
+    kmeans: KMeansSettings,
+    fit_frames: int | str | None = None,
 ) -> dict[str, Any]:
-    """What the codebook of one K depends on (``init`` only when not the default,
-    so codebooks made before the option existed keep their fingerprint)."""
-    fingerprint = {
-        "features": dump.fingerprint,
-        "n_clusters": int(n_clusters),
-        "n_iter": int(n_iter),
-        "max_points_per_cluster": int(max_points_per_cluster),
-        "seed": int(seed),
-    }
-    if init != "random":
-        fingerprint["init"] = init
-    return fingerprint
+    """What the codebook of one K depends on: the features, K and the k-means settings.
+
+    ``fit_frames`` describes a shared fitting set (:func:`shared_fitting_rows`):
+    ``"all"`` when it holds every frame, else its size limit in frames; None for
+    the per-K random sample.
+    """
+    return canonical(
+        {
+            "features": dump.fingerprint,
+            "n_clusters": int(n_clusters),
+            "n_iter": int(kmeans.iterations),
+            "max_points_per_cluster": int(kmeans.points_per_cluster),
+            "seed": int(kmeans.seed),
+            "init": kmeans.init,
+            "fit_set": kmeans.fit_set,
+            "fit_frames": fit_frames,
+        }
+    )
+
+
+def shared_fitting_rows(lengths: Sequence[int], max_frames: int, seed: int) -> np.ndarray | None:
+    """The one k-means fitting set shared by every K: whole utterances in a seeded
+    random order, taken until the next one would exceed ``max_frames`` frames.
+
+    This is how the authors' ``cluster.py`` fills its buffer of ``1000 * max(K)``
+    frames (``cluster.py:76, 79-101``): utterances come from a shuffled DataLoader
+    and each contributes ``sample_ratio`` of its frames, 1.0 in their IEMOCAP
+    script (``bin/run_exp_iemocap.sh:8``), i.e. all of them; the loop stops at the
+    first utterance that does not fit. The buffer holds every frame of IEMOCAP (about
+    1 M frames of a fold's training sessions against 4 096 000) and of SAVEE.
+
+    Arguments
+    ---------
+    lengths : sequence of int
+        Frames of each utterance, in the order of their rows in the features.
+    max_frames : int
+        Size limit of the set in frames (``1000 * max(K)``).
+    seed : int
+        Seed of the utterance order.
+
+    Returns
+    -------
+    np.ndarray or None
+        Sorted int64 row ids of the set, or None when it holds every frame.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if int(lengths.sum()) <= max_frames:
+        return None
+    order = np.random.default_rng(int(seed)).permutation(lengths.size)
+    taken = int(np.searchsorted(np.cumsum(lengths[order]), max_frames, side="right"))
+    if taken == 0:
+        raise ValueError(
+            f"The k-means fitting set of {max_frames} frames cannot hold a whole utterance "
+            f"(the first one drawn has {int(lengths[order[0]])} frames)."
+        )
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    utterances = np.sort(order[:taken])
+    return np.concatenate(
+        [np.arange(offsets[u], offsets[u] + lengths[u], dtype=np.int64) for u in utterances]
+    )
 
 
 def _as_numpy(array: Any) -> np.ndarray:
@@ -547,20 +614,21 @@ def _as_numpy(array: Any) -> np.ndarray:
 def fit_codebooks(
     dump: FeatureDump,
     n_clusters: Sequence[int] = (64, 512, 4096),
-    n_iter: int = 20,
-    max_points_per_cluster: int = 1000,
-    seed: int = 0,
+    kmeans: KMeansSettings = DEFAULT_KMEANS,
     device: str | torch.device | None = None,
     out_folder: str | Path | None = None,
-    init: str = "random",
 ) -> dict[int, np.ndarray]:
     """Learns one k-means codebook per K on the dumped features.
 
-    Each K is fitted by :func:`speechbrain_ptapt.kmeans.fit_kmeans` on at most
-    ``max_points_per_cluster * K`` frames sampled from the dump (the original
-    faiss setup) and saved as ``out_folder/kmeans_<K>.npy``; ``kmeans.json``
-    records each codebook's fingerprint and inertia, and a codebook whose
-    fingerprint matches is loaded instead of refitted.
+    Each K is fitted by :func:`speechbrain_ptapt.kmeans.fit_kmeans` and saved as
+    ``out_folder/kmeans_<K>.npy``; ``kmeans.json`` records each codebook's
+    fingerprint, fitting frames and inertia, and a codebook whose fingerprint
+    matches is loaded instead of refitted. The fitting frames are, with
+    ``kmeans.fit_set="shared"`` (the authors' code), one set of whole utterances of
+    at most ``kmeans.points_per_cluster * max(K)`` frames shared by every K
+    (:func:`shared_fitting_rows`; every frame when they fit, read chunk by chunk
+    from the memory-mapped dump); with ``"per_k"``, at most
+    ``kmeans.points_per_cluster * K`` frames drawn at random for each K.
 
     Arguments
     ---------
@@ -568,25 +636,24 @@ def fit_codebooks(
         The features.
     n_clusters : sequence of int
         The K values.
-    n_iter : int
-        k-means iterations.
-    max_points_per_cluster : int
-        Frames sampled per centroid.
-    seed : int
-        Seed of the sampling and initialisation (same seed, same codebook).
+    kmeans : KMeansSettings
+        Iterations, seeding, fitting set and seed (same settings, same codebook).
     device : str or torch.device, optional
         Where k-means runs (its default when None).
     out_folder : str or Path, optional
         Where codebooks go; default the dump folder's parent.
-    init : str
-        k-means seeding: ``"random"`` (uniform, as faiss and the authors' code) or
-        ``"k-means++"`` (see :func:`speechbrain_ptapt.kmeans.fit_kmeans`).
 
     Returns
     -------
     dict
         K -> (K, dim) float32 centroids.
     """
+    shared: np.ndarray | None = None
+    fit_frames: int | str | None = None
+    if kmeans.fit_set == "shared":
+        max_frames = kmeans.points_per_cluster * max(int(k) for k in n_clusters)
+        shared = shared_fitting_rows(dump.lengths, max_frames, kmeans.seed)
+        fit_frames = "all" if shared is None else max_frames
     out_folder = Path(out_folder) if out_folder is not None else dump.folder.parent
     out_folder.mkdir(parents=True, exist_ok=True)
     record_path = out_folder / KMEANS_RECORD_FILE
@@ -599,35 +666,51 @@ def fit_codebooks(
                 f"Cannot fit {k} clusters on {dump.num_frames} frames: use a smaller K "
                 "or more training data."
             )
-        fingerprint = codebook_fingerprint(dump, k, n_iter, max_points_per_cluster, seed, init)
+        fingerprint = codebook_fingerprint(dump, k, kmeans, fit_frames)
         path = out_folder / f"kmeans_{k}.npy"
         entry = record.get(str(k))
-        if entry is not None and entry["fingerprint"] == fingerprint and path.is_file():
-            logger.info("k-means codebook K=%d in %s is up to date, reusing it.", k, path)
-            codebooks[k] = np.load(path)
-            continue
+        if entry is not None and path.is_file():
+            changed = differences(entry.get("fingerprint"), fingerprint)
+            if not changed:
+                logger.info("k-means codebook K=%d in %s is up to date, reusing it.", k, path)
+                codebooks[k] = np.load(path)
+                continue
+            logger.info("k-means codebook K=%d differs in %s: fitting it again.", k, changed)
+        if kmeans.fit_set == "shared":
+            n_fit = dump.num_frames if shared is None else int(shared.size)
+            sampling = {"rows": shared}
+        else:
+            n_fit = min(kmeans.points_per_cluster * k, dump.num_frames)
+            sampling = {"max_points": kmeans.points_per_cluster * k}
+        if n_fit < k:
+            raise ValueError(
+                f"Cannot fit {k} clusters on the {n_fit} frames of the k-means fitting set: "
+                "raise the points per cluster (kmeans_points_per_cluster)."
+            )
         logger.info(
-            "Fitting k-means K=%d on up to %d of %d frames (%d iterations, %s seeding).",
+            "Fitting k-means K=%d on %d of %d frames (%s set, %d iterations, %s seeding).",
             k,
-            max_points_per_cluster * k,
+            n_fit,
             dump.num_frames,
-            n_iter,
-            init,
+            kmeans.fit_set,
+            kmeans.iterations,
+            kmeans.init,
         )
         result = fit_kmeans(
             dump.features,
             k,
-            n_iter=n_iter,
-            max_points=max_points_per_cluster * k,
-            seed=seed,
+            n_iter=kmeans.iterations,
+            seed=kmeans.seed,
             device=device,
-            init=init,
+            init=kmeans.init,
+            **sampling,
         )
         centroids = _as_numpy(result.centroids)
         with atomic_write(path, "wb") as handle:
             np.save(handle, centroids)
         record[str(k)] = {
             "fingerprint": fingerprint,
+            "fit_frames": n_fit,
             "inertia": float(result.inertia),
             "n_iter": int(result.n_iter),
         }
@@ -864,45 +947,73 @@ def write_labels(
 # ----------------------------------------------------------------------------
 
 
+#: Arguments of :func:`prepare_pseudo_labels` that are inputs, fingerprinted by content
+#: (the features' fingerprint, the frame geometry), or that never change the labels.
+#: Every other argument is a k-means setting and enters :func:`labels_fingerprint`.
+_NOT_KMEANS_ARGUMENTS = (
+    "frame_model",
+    "manifest",
+    "batch_size",
+    "sample_rate",
+    "wav2vec2_config",
+    "out_folder",
+    "device",
+    "keep_features",
+)
+
+
 def labels_fingerprint(
-    features: dict[str, Any],
-    n_clusters: Sequence[int],
-    seed: int,
-    n_iter: int,
-    max_points_per_cluster: int,
-    wav2vec2_config: Wav2Vec2Config,
-    init: str = "random",
+    features: dict[str, Any], wav2vec2_config: Wav2Vec2Config, kmeans: dict[str, Any]
 ) -> dict[str, Any]:
     """What a labels folder depends on: the feature dump's fingerprint (manifest,
-    phase-1 model, sampling rate), the k-means settings (``init`` only when not
-    the default) and wav2vec2's frame geometry."""
-    extra = {} if init == "random" else {"init": init}
-    return {
-        **extra,
-        "format": FORMAT_VERSION,
-        "features": features,
-        "n_clusters": [int(k) for k in n_clusters],
-        "seed": int(seed),
-        "n_iter": int(n_iter),
-        "max_points_per_cluster": int(max_points_per_cluster),
-        "frame_geometry": frame_geometry(wav2vec2_config),
-    }
+    phase-1 model, sampling rate, batch size), the k-means settings and wav2vec2's
+    frame geometry."""
+    kmeans = {**kmeans, "n_clusters": [int(k) for k in kmeans["n_clusters"]]}
+    return canonical(
+        {
+            **kmeans,
+            "format": FORMAT_VERSION,
+            "features": features,
+            "frame_geometry": frame_geometry(wav2vec2_config),
+        }
+    )
+
+
+def pseudo_labels_fingerprint(**arguments: Any) -> dict[str, Any]:
+    """The fingerprint :func:`prepare_pseudo_labels` gives the labels it makes from
+    ``arguments`` (its own, defaults applied), computed without them: hashes of the
+    manifest and of the phase-1 model, every k-means argument, the frame geometry."""
+    bound = inspect.signature(prepare_pseudo_labels).bind(**arguments)
+    bound.apply_defaults()
+    args = bound.arguments
+    if args["wav2vec2_config"] is None:
+        raise ValueError("wav2vec2_config is needed to align the labels to wav2vec2's frames.")
+    features = features_fingerprint(
+        args["manifest"], args["frame_model"], args["sample_rate"], args["batch_size"]
+    )
+    kmeans = {key: value for key, value in args.items() if key not in _NOT_KMEANS_ARGUMENTS}
+    kmeans.update(dataclasses.asdict(kmeans.pop("kmeans")))  # every KMeansSettings field
+    return labels_fingerprint(features, args["wav2vec2_config"], kmeans)
+
+
+def labels_cache(out_folder: str | Path, fingerprint: dict[str, Any]) -> StageCache:
+    """A labels folder as a cached stage (:mod:`~speechbrain_ptapt.stage_cache`): derived
+    data, recorded in ``fingerprint.json``, computed again when stale."""
+    return StageCache(
+        "pseudo-labels",
+        fingerprint,
+        Path(out_folder) / FINGERPRINT_FILE,
+        expensive=False,
+        field=None,
+    )
 
 
 def labels_are_fresh(out_folder: str | Path, fingerprint: dict[str, Any]) -> bool:
     """True when ``out_folder`` holds finished labels computed from ``fingerprint``."""
     out_folder = Path(out_folder)
-    path = out_folder / FINGERPRINT_FILE
-    if not (
-        path.is_file()
-        and (out_folder / LABELS_FILE).is_file()
-        and (out_folder / INDEX_FILE).is_file()
-    ):
-        return False
-    try:
-        return read_json(path) == fingerprint
-    except ValueError:  # a truncated or foreign fingerprint file: recompute
-        return False
+    return labels_cache(out_folder, fingerprint).is_done(
+        [out_folder / LABELS_FILE, out_folder / INDEX_FILE]
+    )
 
 
 def _drop_codebooks_of_other_features(out_folder: Path, features: dict[str, Any]) -> None:
@@ -919,8 +1030,6 @@ def _drop_codebooks_of_other_features(out_folder: Path, features: dict[str, Any]
 
 
 def _load_frame_model(folder: Path, device: str | torch.device) -> nn.Module:
-    from speechbrain_ptapt.frame_emotion import load_frame_model
-
     return load_frame_model(folder, map_location=device)
 
 
@@ -929,22 +1038,25 @@ def prepare_pseudo_labels(
     manifest: str | Path,
     out_folder: str | Path,
     n_clusters: Sequence[int] = (64, 512, 4096),
-    seed: int = 0,
     wav2vec2_config: Wav2Vec2Config | None = None,
-    n_iter: int = 20,
-    max_points_per_cluster: int = 1000,
+    kmeans: KMeansSettings = DEFAULT_KMEANS,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     sample_rate: int = 16000,
     keep_features: bool = True,
-    init: str = "random",
 ) -> Path:
     """Pseudo-labels of every utterance of a manifest, recomputed only when stale.
+
+    The labels, the feature dump and each codebook are cached stages of derived data
+    (:mod:`~speechbrain_ptapt.stage_cache`): reused when their recorded fingerprint
+    matches, computed again otherwise. The labels' fingerprint holds every argument
+    but the inputs (hashed instead) and ``out_folder``, ``device``, ``keep_features``
+    (:func:`pseudo_labels_fingerprint`).
 
     ``out_folder`` receives the labels (:func:`write_labels`), the codebooks
     (:func:`fit_codebooks`) and the feature dump in ``out_folder/features``
     (:func:`dump_features`). Finished labels whose ``fingerprint.json`` matches
-    (same manifest content, phase-1 weights, K list, seed, iterations, sampling
+    (same manifest content, phase-1 weights, K list, k-means settings, sampling
     rate and wav2vec2 frame geometry) are reused without loading the model;
     otherwise the stale labels are deleted and recomputed, the features too when
     the manifest or the model changed, and codebooks are refitted only for the K
@@ -964,14 +1076,10 @@ def prepare_pseudo_labels(
         The pseudo-label folder.
     n_clusters : sequence of int
         The K values (paper: 64, 512, 4096).
-    seed : int
-        k-means seed.
     wav2vec2_config : Wav2Vec2Config
         Config of the phase-2 backbone (its frame geometry).
-    n_iter : int
-        k-means iterations.
-    max_points_per_cluster : int
-        Frames sampled per centroid for k-means.
+    kmeans : KMeansSettings
+        k-means iterations, seeding, fitting set and seed (see :func:`fit_codebooks`).
     batch_size : int
         Utterances per phase-1 forward pass.
     device : str or torch.device
@@ -981,38 +1089,29 @@ def prepare_pseudo_labels(
     keep_features : bool
         Keep the feature dump once the labels are written (needed to refit
         other K without rerunning the model).
-    init : str
-        k-means seeding, ``"random"`` (the authors' faiss set-up) or ``"k-means++"``.
 
     Returns
     -------
     Path
         ``out_folder``, ready for :class:`PseudoLabelStore`.
     """
-    if wav2vec2_config is None:
-        raise ValueError("wav2vec2_config is needed to align the labels to wav2vec2's frames.")
+    fingerprint = pseudo_labels_fingerprint(**locals())  # the arguments, first thing
     if len(set(int(k) for k in n_clusters)) != len(list(n_clusters)):
         raise ValueError(f"n_clusters has repeated values: {list(n_clusters)}.")
     out_folder = Path(out_folder)
     features_folder = out_folder / FEATURES_SUBFOLDER
-    feat_fp = features_fingerprint(manifest, frame_model, sample_rate, batch_size)
-    fingerprint = labels_fingerprint(
-        feat_fp, n_clusters, seed, n_iter, max_points_per_cluster, wav2vec2_config, init
-    )
-    if labels_are_fresh(out_folder, fingerprint):
+    feat_fp = fingerprint["features"]
+    labels = labels_cache(out_folder, fingerprint)
+    if labels.is_done([out_folder / LABELS_FILE, out_folder / INDEX_FILE]):
         logger.info("Pseudo-labels in %s are up to date, reusing them.", out_folder)
         return out_folder
 
     logger.info("Pseudo-labels in %s missing or stale: computing them.", out_folder)
     for name in (FINGERPRINT_FILE, LABELS_FILE, INDEX_FILE, DIAGNOSTICS_JSON, DIAGNOSTICS_MD):
         (out_folder / name).unlink(missing_ok=True)
-    try:
+    if features_cache(features_folder, feat_fp).is_done([features_folder / FEATURES_FILE]):
         dump = FeatureDump.load(features_folder)
-        if dump.fingerprint != feat_fp:
-            logger.info("Features in %s are stale: deleting them.", features_folder)
-            shutil.rmtree(features_folder)
-            raise FileNotFoundError
-    except FileNotFoundError:
+    else:
         _drop_codebooks_of_other_features(out_folder, feat_fp)
         model = (
             frame_model
@@ -1028,18 +1127,9 @@ def prepare_pseudo_labels(
             sample_rate=sample_rate,
             fingerprint=feat_fp,
         )
-    codebooks = fit_codebooks(
-        dump,
-        n_clusters,
-        n_iter=n_iter,
-        max_points_per_cluster=max_points_per_cluster,
-        seed=seed,
-        device=device,
-        out_folder=out_folder,
-        init=init,
-    )
+    codebooks = fit_codebooks(dump, n_clusters, kmeans, device=device, out_folder=out_folder)
     write_labels(dump, codebooks, out_folder, wav2vec2_config, device=device, fingerprint=None)
-    write_json(out_folder / FINGERPRINT_FILE, fingerprint)
+    labels.publish()
     if not keep_features:
         shutil.rmtree(features_folder)
     return out_folder
@@ -1068,7 +1158,7 @@ class PseudoLabelStore:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         if not (self.folder / LABELS_FILE).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"No pseudo-labels in {self.folder} ({LABELS_FILE} missing): run "
                 "recipes/IEMOCAP/prepare_pseudo_labels.py first."
             )
@@ -1298,17 +1388,5 @@ def cropped_audio_with_labels(
         labels = store[utt_id]
         crop, start = hop_aligned_crop(sig, max_samples, hop)
         return crop, crop_labels(labels, start // hop, int(frames_of(crop.shape[0])))
-
-    return read
-
-
-def cluster_labels_pipeline(store: PseudoLabelStore):
-    """A dynamic item ``@takes("id") @provides("cluster_labels")``: the whole
-    utterance's (frames, number of K) labels, for uncropped audio."""
-
-    @sb.utils.data_pipeline.takes("id")
-    @sb.utils.data_pipeline.provides("cluster_labels")
-    def read(utt_id: str) -> torch.Tensor:
-        return store[utt_id]
 
     return read

@@ -7,13 +7,13 @@ head Linear(768, 256)-Tanh-Linear(256, K) on ReLU(transformer output) predicts
 the k-means cluster of each *masked* frame; the loss is the sum over K of the
 cross-entropies on masked frames. The CNN encoder and feature projection stay
 frozen; Adam 1e-4 with warm-up, flat and linear decay, counted in optimizer
-steps; batches of about 250 s of audio (SpeechBrain's dynamic batching) with
+steps; batches of at least 250 s of audio filled greedily from length buckets
+(:class:`~speechbrain_ptapt.dataio.DurationBatchSampler`, the authors' sampler) with
 random crops of at most 10 s, the labels cropped to match.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,49 +25,60 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
 from torch import nn
+from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.dataio import duration_step_batches
-from speechbrain_ptapt.distributed import unwrap, world_size
+from speechbrain_ptapt.backbone import Wav2Vec2Backbone, load_pretrained
+from speechbrain_ptapt.dataio import duration_batch_sampler
+from speechbrain_ptapt.distributed import unwrap
+from speechbrain_ptapt.experiment import load_hparams
+from speechbrain_ptapt.frame_emotion import run_frame_stage
+from speechbrain_ptapt.kmeans import KMeansSettings
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
     PseudoLabelStore,
     cropped_audio_with_labels,
     prepare_pseudo_labels,
+    pseudo_labels_fingerprint,
 )
-from speechbrain_ptapt.tapt import (
-    MARKER_FILE,
-    TAPTBrain,
-    check_settings,
-    fit_steps,
-    guard_checkpoints,
-    manifest_digest,
-    save_adapted,
-    stage_run_options,
-    step_stage_brain,
-)
+from speechbrain_ptapt.stage_cache import StageKeys, stage_fingerprint
+from speechbrain_ptapt.tapt import adapted_cache, manifest_digest
+from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-#: Settings that define a fold's phase 2 (besides the data and the labels).
-FINGERPRINT_KEYS = (
-    "wav2vec2_hub",
-    "n_clusters",
-    "ptapt_steps",
-    "ptapt_batch_seconds",
-    "ptapt_lr",
-    "warmup_steps",
-    "ptapt_flat_fraction",
-    "ptapt_max_seconds",
-    "ptapt_time_mask_prob",
-    "ptapt_time_mask_length",
-    "ptapt_time_mask_min_masks",
-    "ptapt_time_mask_scope",
-    "ptapt_head_dim",
-    "ptapt_seed",
+#: The hparams that define a fold's phase 2 (with its training data and pseudo-labels):
+#: every ``ptapt_`` key but the result-neutral ones, and the shared keys it reads.
+PTAPT_KEYS = StageKeys(
+    prefixes=("ptapt_",),
+    shared=(
+        "wav2vec2_hub",
+        "wav2vec2_revision",
+        "normalize_waveform",
+        "sample_rate",
+        "warmup_steps",
+        "n_clusters",
+    ),
 )
+
+#: The hparams that define a fold's pseudo-labels (with the phase-1 model, the training
+#: manifest and the backbone's frame geometry): the ``kmeans_`` keys but the device, the
+#: K list and the sampling rate the audio is read at.
+PSEUDO_LABEL_KEYS = StageKeys(prefixes=("kmeans_",), shared=("n_clusters", "sample_rate"))
+
+#: The yaml key behind each argument of
+#: :func:`~speechbrain_ptapt.pseudo_labels.prepare_pseudo_labels` and each field of its
+#: :class:`~speechbrain_ptapt.kmeans.KMeansSettings`; a key of :data:`PSEUDO_LABEL_KEYS`
+#: that is none of these stops the stage (it would be ignored).
+PSEUDO_LABEL_ARGUMENT_KEYS = {"n_clusters": "n_clusters", "sample_rate": "sample_rate"}
+KMEANS_SETTING_KEYS = {
+    "seed": "kmeans_seed",
+    "iterations": "kmeans_iterations",
+    "points_per_cluster": "kmeans_points_per_cluster",
+    "init": "kmeans_init",
+    "fit_set": "kmeans_fit_set",
+}
 
 
 class PseudoLabelHeads(nn.Module):
@@ -212,12 +223,12 @@ class PseudoLabelPretraining(nn.Module):
         self.backbone.save_pretrained(folder)
 
 
-class PTAPTBrain(TAPTBrain):
+class PTAPTBrain(StepStageBrain):
     """Trains a :class:`PseudoLabelPretraining` (``modules.wav2vec2``) for a fixed
-    number of optimizer steps, with TAPT's schedule, logging and checkpoints."""
-
-    def _reset_window(self) -> None:
-        self._window = {"loss": 0.0, "batches": 0}
+    number of optimizer steps (the stage's settings:
+    :class:`~speechbrain_ptapt.training.StepStageBrain`). Each train log line holds the
+    means over its window's batches of ``loss`` (the sum over K) and of the
+    cross-entropy of each K (``ce_k<K>``), and the learning rate."""
 
     def compute_forward(self, batch, stage):
         """The P-TAPT loss terms of a batch."""
@@ -229,11 +240,9 @@ class PTAPTBrain(TAPTBrain):
     def compute_objectives(self, predictions, batch, stage) -> torch.Tensor:
         """The sum over K of the masked-frame cross-entropies."""
         loss = predictions["loss"]
-        self._window["loss"] += float(loss.detach())
         n_clusters = unwrap(self.modules.wav2vec2).heads.n_clusters
-        for k, value in zip(n_clusters, predictions["per_k"]):
-            self._window[f"ce_k{k}"] = self._window.get(f"ce_k{k}", 0.0) + float(value.detach())
-        self._window["batches"] += 1
+        per_k = {f"ce_k{k}": value.detach() for k, value in zip(n_clusters, predictions["per_k"])}
+        self.add_to_log(loss=loss.detach(), **per_k)
         return loss
 
 
@@ -263,11 +272,10 @@ def train_ptapt(
     model : PseudoLabelPretraining
         The wav2vec2 and heads.
     hparams : dict
-        ``ptapt_steps``, ``ptapt_batch_seconds``, ``ptapt_num_buckets``,
-        ``ptapt_lr``, ``warmup_steps``, ``ptapt_flat_fraction``,
-        ``ptapt_max_seconds``, ``ptapt_seed``, ``ptapt_ckpt_interval_steps``,
-        ``ptapt_log_interval_steps``, ``ptapt_max_grad_norm``, ``ptapt_opt_class``
-        and optionally ``ptapt_train_logger``.
+        ``ptapt_brain_hparams`` (the Brain's settings: steps, schedule, epoch counter,
+        checkpoint and log intervals, logger), ``ptapt_opt_class``,
+        ``ptapt_batch_seconds``, ``ptapt_num_buckets``, ``ptapt_max_seconds``,
+        ``ptapt_seed`` and ``ptapt_num_workers``.
     run_opts : RunOptions or dict
         SpeechBrain's run options.
     train_manifest : str or Path
@@ -279,44 +287,97 @@ def train_ptapt(
         Receives the stage's state; an existing checkpoint is resumed.
     """
     store.check_compatible(train_manifest, model.backbone.config, model.heads.n_clusters)
-    steps = int(hparams["ptapt_steps"])
-    brain, epoch_counter = step_stage_brain(
-        PTAPTBrain, model, hparams, "ptapt", run_opts, checkpointer
+    brain = PTAPTBrain(
+        modules={"wav2vec2": model},
+        opt_class=hparams["ptapt_opt_class"],
+        hparams=hparams["ptapt_brain_hparams"],
+        run_opts=with_default_precision(run_opts),
+        checkpointer=checkpointer,
     )
     max_seconds = hparams["ptapt_max_seconds"]
     dataset = ptapt_dataset(train_manifest, store, model.sample_rate, max_seconds)
-    num_batches = steps * brain.grad_accumulation_factor * world_size()
-    sampler = duration_step_batches(dataset, hparams, "ptapt", max_seconds, num_batches)
+    sampler = duration_batch_sampler(
+        dataset,
+        float(hparams["ptapt_batch_seconds"]),
+        max_seconds,
+        int(hparams["ptapt_num_buckets"]),
+        seed=int(hparams["ptapt_seed"]),
+    )
     logger.info(
-        "P-TAPT phase 2 on %d utterances of %s: %d steps of about %s s of audio, K = %s.",
+        "P-TAPT phase 2 on %d utterances of %s: %d steps of at least %s s of audio, K = %s.",
         len(dataset),
         train_manifest,
-        steps,
+        brain.optimizer_step_limit,
         hparams["ptapt_batch_seconds"],
         model.heads.n_clusters,
     )
-    fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("ptapt_num_workers", 0)))
+    workers = int(hparams.get("ptapt_num_workers", 0))
+    brain.fit_steps(dataset, {"batch_sampler": sampler, "num_workers": workers})
     return brain
 
 
 def ptapt_fingerprint(
-    hparams: dict[str, Any], train_manifest: str | Path, labels_folder: str | Path
+    hparams: dict[str, Any], train_manifest: str | Path, pseudo_labels: dict[str, Any]
 ) -> dict[str, Any]:
-    """The settings, training data and pseudo-labels that define a fold's phase 2."""
-    settings = {key: hparams[key] for key in FINGERPRINT_KEYS}
-    settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
-    settings["n_clusters"] = [int(k) for k in settings["n_clusters"]]
-    settings["train_manifest"] = manifest_digest(train_manifest)
-    with open(Path(labels_folder) / "fingerprint.json", encoding="utf-8") as f:
-        settings["pseudo_labels"] = json.load(f)
-    return json.loads(json.dumps(settings, default=str))
+    """The settings (:data:`PTAPT_KEYS`), training data and pseudo-labels (their
+    fingerprint, :func:`~speechbrain_ptapt.pseudo_labels.pseudo_labels_fingerprint`)
+    that define a fold's phase 2."""
+    return stage_fingerprint(
+        PTAPT_KEYS,
+        hparams,
+        train_manifest=manifest_digest(train_manifest),
+        pseudo_labels=pseudo_labels,
+    )
+
+
+def pseudo_label_options(
+    hparams: dict[str, Any],
+    run_opts: Any,
+    frame_model: str | Path,
+    train_manifest: str | Path,
+    wav2vec2_config: Any,
+) -> dict[str, Any]:
+    """The arguments of :func:`~speechbrain_ptapt.pseudo_labels.prepare_pseudo_labels`
+    for a fold: every setting of :data:`PSEUDO_LABEL_KEYS` under its argument name
+    (:data:`PSEUDO_LABEL_ARGUMENT_KEYS`), the inputs and the device.
+
+    Raises
+    ------
+    KeyError
+        A pseudo-label setting of the yaml has no argument (it would be ignored).
+    """
+    settings = PSEUDO_LABEL_KEYS.settings(hparams)
+    unmapped = sorted(
+        set(settings) - {*PSEUDO_LABEL_ARGUMENT_KEYS.values(), *KMEANS_SETTING_KEYS.values()}
+    )
+    if unmapped:
+        raise KeyError(
+            f"The pseudo-label settings {unmapped} are passed to no argument of "
+            "prepare_pseudo_labels: add them to ptapt.PSEUDO_LABEL_ARGUMENT_KEYS or "
+            "ptapt.KMEANS_SETTING_KEYS."
+        )
+    return {
+        "frame_model": frame_model,
+        "manifest": train_manifest,
+        "out_folder": hparams["pseudo_label_folder"],
+        "wav2vec2_config": wav2vec2_config,
+        "device": pseudo_label_device(hparams, run_opts),
+        "kmeans": kmeans_settings(hparams),
+        **{argument: hparams[key] for argument, key in PSEUDO_LABEL_ARGUMENT_KEYS.items()},
+    }
+
+
+def kmeans_settings(hparams: dict[str, Any]) -> KMeansSettings:
+    """The pseudo-labels' k-means settings from the yaml's ``kmeans_*`` keys
+    (:data:`KMEANS_SETTING_KEYS`)."""
+    return KMeansSettings(**{field: hparams[key] for field, key in KMEANS_SETTING_KEYS.items()})
 
 
 def pseudo_label_device(hparams: dict[str, Any], run_opts: Any) -> str:
     """Where the phase-1 features are computed and k-means runs: ``kmeans_device``
     when set, else the run's ``--device``, else the GPU when one is present, else
     the CPU."""
-    device = hparams.get("kmeans_device") or stage_run_options(run_opts).get("device")
+    device = hparams.get("kmeans_device") or (run_opts or {}).get("device")
     if device:
         return str(device)
     return "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -335,74 +396,58 @@ def run_ptapt_stage(
        then saved in transformers format to ``ptapt_adapted_folder``.
 
     Each step is skipped when its outputs exist and match its inputs, and resumed
-    from its checkpoints when interrupted. The test manifest is never read.
+    from its checkpoints when interrupted; a finished phase 2 skips the pseudo-labels
+    too. Stale results follow :mod:`speechbrain_ptapt.stage_cache` (phase 1 and 2
+    are refused, pseudo-labels computed again). The test manifest is never read.
 
     Returns
     -------
     str
         The adapted backbone folder, for ``wav2vec2_hub``.
     """
-    from transformers import Wav2Vec2Config
-
-    from speechbrain_ptapt.experiment import load_hparams
-    from speechbrain_ptapt.frame_emotion import run_frame_stage
-
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = manifests["train"]
     train_only = {"train": train_manifest}
 
     frame_folder = run_frame_stage(fold, hparams_file, overrides, run_opts, train_only)
 
-    backbone_config = Wav2Vec2Config.from_pretrained(
-        str(hparams["wav2vec2_hub"]), cache_dir=hparams["wav2vec2_folder"]
+    backbone_config = load_pretrained(
+        Wav2Vec2Config,
+        str(hparams["wav2vec2_hub"]),
+        hparams["wav2vec2_folder"],
+        hparams.get("wav2vec2_revision"),
     )
-    labels_kwargs = dict(
-        frame_model=frame_folder,
-        manifest=train_manifest,
-        out_folder=hparams["pseudo_label_folder"],
-        n_clusters=[int(k) for k in hparams["n_clusters"]],
-        seed=int(hparams["kmeans_seed"]),
-        wav2vec2_config=backbone_config,
-        n_iter=int(hparams["kmeans_iterations"]),
-        max_points_per_cluster=int(hparams["kmeans_points_per_cluster"]),
-        device=pseudo_label_device(hparams, run_opts),
-        init=hparams["kmeans_init"],
+    labels_options = pseudo_label_options(
+        hparams, run_opts, frame_folder, train_manifest, backbone_config
     )
-    run_on_main(prepare_pseudo_labels, kwargs=labels_kwargs)
-    labels_folder = prepare_pseudo_labels(**labels_kwargs)
-
     adapted = Path(hparams["ptapt_adapted_folder"])
-    fingerprint = ptapt_fingerprint(hparams, train_manifest, labels_folder)
-    if adapted.is_dir() and (adapted / MARKER_FILE).is_file():
-        check_settings(adapted / MARKER_FILE, fingerprint, str(adapted))
+    # The labels' fingerprint, computed without the labels: a finished phase 2 needs none.
+    fingerprint = ptapt_fingerprint(
+        hparams, train_manifest, pseudo_labels_fingerprint(**labels_options)
+    )
+    cache = adapted_cache("P-TAPT phase 2", hparams, "ptapt", fingerprint)
+    if cache.is_done():
         logger.info("P-TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
 
-    guard_checkpoints(Path(hparams["ptapt_save_folder"]), "ptapt_settings.json", fingerprint)
+    run_on_main(prepare_pseudo_labels, kwargs=labels_options)
+    labels_folder = prepare_pseudo_labels(**labels_options)
+    cache.guard_checkpoints()
 
     store = PseudoLabelStore(labels_folder)
     seed_everything(int(hparams["ptapt_seed"]))
     model = hparams["ptapt_model"]()
     brain = train_ptapt(
-        model,
-        {**hparams, "ptapt_train_logger": hparams["ptapt_train_logger"]()},
-        run_opts,
-        train_manifest,
-        store,
-        hparams["ptapt_checkpointer"](),
+        model, hparams, run_opts, train_manifest, store, hparams["ptapt_checkpointer"]()
     )
     if if_main_process():
-        save_adapted(
-            model,
-            adapted,
-            {
-                "settings": fingerprint,
-                "fold": str(fold),
-                "optimizer_steps": int(brain.optimizer_step),
-                "train_manifest": str(train_manifest),
-                "frame_model": str(frame_folder),
-                "pseudo_labels": str(labels_folder),
-            },
+        cache.publish_folder(
+            model.save_pretrained,
+            fold=str(fold),
+            optimizer_steps=int(brain.optimizer_step),
+            train_manifest=str(train_manifest),
+            frame_model=str(frame_folder),
+            pseudo_labels=str(labels_folder),
         )
         logger.info("P-TAPT of fold %s done: adapted backbone in %s.", fold, adapted)
     ddp_barrier()
@@ -418,14 +463,22 @@ def build_ptapt_model(
     time_mask_min_masks: int = 2,
     head_dim: int = 256,
     layerdrop: float | None = None,
+    revision: str | None = None,
+    normalize: bool | None = None,
     time_mask_scope: str = "batch",
 ) -> PseudoLabelPretraining:
-    """The phase-2 model: wav2vec2 from ``source`` (CNN encoder, feature
-    projection and ``masked_spec_embed`` frozen, as in the authors' code) and one
-    pseudo-label head per K. ``time_mask_scope``: see
+    """The phase-2 model: wav2vec2 from ``source`` (at hub ``revision`` for a hub id;
+    CNN encoder, feature projection and ``masked_spec_embed`` frozen, as in the
+    authors' code; waveforms normalised when ``normalize``, None following the
+    preprocessor config) and one pseudo-label head per K. ``time_mask_scope``: see
     :class:`~speechbrain_ptapt.masking.TimeMask`."""
     backbone = Wav2Vec2Backbone(
-        source, save_path=save_path, freeze_feature_encoder=True, layerdrop=layerdrop
+        source,
+        save_path=save_path,
+        freeze_feature_encoder=True,
+        layerdrop=layerdrop,
+        revision=revision,
+        normalize=normalize,
     )
     time_mask = TimeMask(time_mask_prob, time_mask_length, time_mask_min_masks, time_mask_scope)
     return PseudoLabelPretraining(backbone, n_clusters, time_mask, head_dim)

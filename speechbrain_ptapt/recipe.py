@@ -17,9 +17,7 @@ from typing import Any
 
 import speechbrain as sb
 
-from speechbrain_ptapt.audio import AudioError
-from speechbrain_ptapt.backbone import BackboneLoadError
-from speechbrain_ptapt.dataio import UnknownLabelError
+from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.experiment import (
     configure_stdout_logging,
     fold_names,
@@ -35,13 +33,10 @@ from speechbrain_ptapt.experiment import (
     write_json,
     write_summary,
 )
-from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
-from speechbrain_ptapt.preparation import DataPreparationError
-from speechbrain_ptapt.pseudo_labels import PseudoLabelMismatchError
+from speechbrain_ptapt.hparams_check import check_overrides
 from speechbrain_ptapt.repeats import (
     FoldRuns,
     RepeatSettings,
-    RepeatSettingsError,
     largest_possible_deviation,
     repeat_runs,
 )
@@ -51,30 +46,12 @@ from speechbrain_ptapt.subsets import (
     TrainingSubsetError,
     make_training_subset,
 )
-from speechbrain_ptapt.tapt import TAPTSettingsError
 from speechbrain_ptapt.vft import fine_tune
-from speechbrain_ptapt.wav2vec1 import Wav2Vec1CheckpointError
 
 logger = logging.getLogger(__name__)
 
 #: ``adapt(fold, hparams_file, overrides, run_opts, manifests) -> backbone folder``
 AdaptStage = Callable[[str, str, dict, Any, dict], str]
-
-
-#: Errors caused by the user's data or settings: reported as one message, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    DataPreparationError,
-    BackboneLoadError,
-    UnknownLabelError,
-    AudioError,
-    FileNotFoundError,
-    TAPTSettingsError,
-    RepeatSettingsError,
-    TrainingSubsetError,
-    HparamsError,
-    PseudoLabelMismatchError,
-    Wav2Vec1CheckpointError,
-)
 
 
 def run_recipe(
@@ -84,10 +61,11 @@ def run_recipe(
     adapt: AdaptStage | None = None,
 ) -> dict[str, Any]:
     """Runs :func:`run_experiment`, reporting errors in the user's data or settings
-    as one clear line (exit status 1) instead of a traceback."""
+    (:class:`~speechbrain_ptapt.errors.PtaptError`) as one clear line (exit status 1)
+    instead of a traceback; any other exception is a bug and keeps its traceback."""
     try:
         return run_experiment(argv, script_file, prepare, adapt)
-    except USER_ERRORS as err:
+    except PtaptError as err:
         message = " ".join(str(err).split())  # one line, whatever the library wrote
         logger.error("%s", message)
         sys.exit(f"error: {message}")

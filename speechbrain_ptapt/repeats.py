@@ -55,6 +55,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from speechbrain_ptapt.errors import PtaptError
+
 logger = logging.getLogger(__name__)
 
 #: Statistics an outlier candidate is compared with: every kept run ("all") or the
@@ -65,7 +67,7 @@ OUTLIER_REFERENCES = ("all", "others")
 _TOLERANCE = 1e-12
 
 
-class RepeatSettingsError(ValueError):
+class RepeatSettingsError(PtaptError, ValueError):
     """Invalid repeat / outlier settings in a recipe's yaml."""
 
 

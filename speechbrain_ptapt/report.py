@@ -12,18 +12,20 @@ recursively for them (e.g. a whole data-efficiency sweep). ``report/report.md`` 
   macro-F1): rows = methods, columns = folds + mean; a cell is the mean ± sample
   std over the fold's kept runs (discarded outlier runs are left out), the mean is
   over folds (the paper's "Mean");
-- a bootstrap 95 % confidence interval of each method's mean UA: the kept runs of
-  every fold are resampled with replacement (as many as the fold has), the fold
-  means averaged over folds, ``--resamples`` times (default 10 000) with a
-  generator seeded by ``--seed`` (default 0, the same stream for every method); the
-  bounds are the 2.5 and 97.5 percentiles (numpy's linear interpolation). It
-  measures the run-to-run (seed) uncertainty of the mean for these folds;
+- a bootstrap 95 % confidence interval of each method's mean UA
+  (``scipy.stats.bootstrap``, percentile method): the kept runs of every fold are
+  resampled with replacement (as many as the fold has), the fold means averaged
+  over folds, ``--resamples`` times (default 10 000) with a generator seeded by
+  ``--seed`` (default 0, the same seed for every method); the bounds are the 2.5
+  and 97.5 percentiles (linear interpolation). It measures the run-to-run (seed)
+  uncertainty of the mean for these folds;
 - a paired comparison of every two methods over their common folds: per-fold
   differences of the mean UA, their mean, the bootstrap 95 % CI of the mean
   difference (runs resampled within folds for both methods), an exact two-sided
-  sign-flip permutation test over folds (all ``2**F`` sign patterns; with 5 folds
-  the smallest possible p is 2/32 = 0.0625, with 4 it is 0.125) and a two-sided
-  paired t-test over folds (``F - 1`` degrees of freedom);
+  sign-flip permutation test over folds (``scipy.stats.permutation_test``, all
+  ``2**F`` sign patterns; with 5 folds the smallest possible p is 2/32 = 0.0625,
+  with 4 it is 0.125) and a two-sided paired t-test over folds
+  (``scipy.stats.ttest_rel``, ``F - 1`` degrees of freedom);
 - the summed confusion matrices (over folds and kept runs);
 - when a dataset has several amounts of training data (``train_fraction`` /
   ``train_hours``), the data-efficiency table (Table 4) on the folds common to all
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
 
@@ -67,59 +70,75 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def bootstrap_means(
-    fold_values: Mapping[str, Sequence[float]], resamples: int, seed: int
-) -> np.ndarray:
-    """Bootstrap distribution of the mean over folds of the per-fold mean.
+def bootstrap_ci(
+    fold_values: Mapping[str, Sequence[float]],
+    resamples: int = 10000,
+    seed: int = 0,
+    level: float = 0.95,
+    minus: Mapping[str, Sequence[float]] | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``level`` interval of the mean over folds of the fold means
+    (minus the same mean of ``minus``), resampling the runs within each fold.
+
+    ``scipy.stats.bootstrap`` with one sample per fold (``paired=False``) resamples
+    every fold's runs independently with replacement, as many as it has; the bounds
+    are the linear-interpolated quantiles of its bootstrap distribution. scipy needs
+    at least two values per sample, so folds whose runs are all equal (one run, or
+    no spread) enter as the constant they are.
 
     Arguments
     ---------
     fold_values : mapping
         fold -> values of its kept runs (e.g. UA fractions).
     resamples : int
-        Number of bootstrap resamples ``B``.
+        Number of bootstrap resamples.
     seed : int
-        Seed of ``numpy.random.default_rng``; folds are drawn in mapping order.
+        Seed of the ``numpy.random.default_rng`` that draws every resample.
+    level : float
+        Confidence level.
+    minus : mapping, optional
+        A second method's fold -> values, resampled likewise, for the interval of the
+        difference of the two means over folds.
 
     Returns
     -------
-    np.ndarray
-        (B,) resampled means over folds.
+    tuple of float
+        ``(low, high)``.
     """
-    rng = np.random.default_rng(seed)
-    total = np.zeros(resamples)
-    for values in fold_values.values():
-        v = np.asarray(values, dtype=float)
-        draws = rng.integers(0, len(v), size=(resamples, len(v)))
-        total += v[draws].mean(axis=1)
-    return total / max(len(fold_values), 1)
+    constant, samples, weights = 0.0, [], []
+    for sign, folds in ((1.0, fold_values), (-1.0, minus or {})):
+        for values in folds.values():
+            v = np.asarray(values, dtype=float)
+            if v.size > 1 and np.ptp(v) > 0:
+                samples.append(v)
+                weights.append(sign / len(folds))
+            else:
+                constant += sign * float(v.mean()) / len(folds)
+    if not samples:
+        return constant, constant
 
+    def mean_over_folds(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
+        return constant + sum(w * s.mean(axis=axis) for w, s in zip(weights, resampled))
 
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` interval of ``samples`` (linear-interpolated quantiles)."""
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(samples, [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
-def bootstrap_ci(
-    fold_values: Mapping[str, Sequence[float]],
-    resamples: int = 10000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Bootstrap ``level`` confidence interval of the mean over folds, resampling the
-    runs within each fold (see :func:`bootstrap_means`)."""
-    return percentile_interval(bootstrap_means(fold_values, resamples, seed), level)
+    result = stats.bootstrap(
+        tuple(samples),
+        mean_over_folds,
+        n_resamples=resamples,
+        vectorized=True,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def sign_flip_test(differences: Sequence[float], resamples: int = 100000, seed: int = 0) -> float:
-    """Two-sided paired permutation test of a zero mean difference over folds.
+    """Two-sided paired permutation test of a zero mean difference over folds
+    (``scipy.stats.permutation_test`` of one sample with ``permutation_type='samples'``,
+    which flips the signs of the per-fold differences).
 
-    Every sign pattern of the per-fold differences is equally likely under the null
-    hypothesis; p is the share of patterns whose ``|mean|`` is at least the observed
-    one. Exact (all ``2**F`` patterns) up to ``EXACT_SIGN_FLIP_FOLDS`` folds, else
-    ``resamples`` random patterns (``(1 + hits) / (1 + resamples)``).
+    Exact (all ``2**F`` sign patterns) up to ``EXACT_SIGN_FLIP_FOLDS`` folds, else
+    ``resamples`` random patterns drawn with ``seed``.
 
     Arguments
     ---------
@@ -129,60 +148,36 @@ def sign_flip_test(differences: Sequence[float], resamples: int = 100000, seed: 
     Returns
     -------
     float
-        The p-value (1 when every difference is 0).
+        The p-value (1 when every difference is 0; NaN without differences).
     """
     d = np.asarray(differences, dtype=float)
     if d.size == 0:
         return float("nan")
-    observed = abs(d.mean())
-    tolerance = 1e-12 * max(1.0, float(np.abs(d).max()))
-    if d.size <= EXACT_SIGN_FLIP_FOLDS:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
-        stats = np.abs(signs @ d) / d.size
-        return float(np.mean(stats >= observed - tolerance))
-    rng = np.random.default_rng(seed)
-    signs = rng.choice((1.0, -1.0), size=(resamples, d.size))
-    hits = int(np.sum(np.abs(signs @ d) / d.size >= observed - tolerance))
-    return (1 + hits) / (1 + resamples)
+    result = stats.permutation_test(
+        (d,),
+        np.mean,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if d.size <= EXACT_SIGN_FLIP_FOLDS else resamples,
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.pvalue)
 
 
-def student_t_two_sided_p(t: float, df: int) -> float:
-    """``P(|T| >= |t|)`` for Student's t with ``df`` (integer >= 1) degrees of freedom,
-    from the closed forms of Abramowitz & Stegun 26.7.3-4 (no scipy needed)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
-    if math.isinf(t):
-        return 0.0
-    theta = math.atan(abs(t) / math.sqrt(df))
-    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 1:
-        series, term = (1.0 if df > 1 else 0.0), 1.0
-        for k in range(1, (df - 3) // 2 + 1):
-            term *= 2 * k / (2 * k + 1) * cos2
-            series += term
-        inside = 2.0 / math.pi * (theta + sin * math.cos(theta) * series)
-    else:
-        series, term = 1.0, 1.0
-        for k in range(1, (df - 2) // 2 + 1):
-            term *= (2 * k - 1) / (2 * k) * cos2
-            series += term
-        inside = sin * series
-    return min(1.0, max(0.0, 1.0 - inside))
+def paired_t_test(b: Sequence[float], a: Sequence[float]) -> tuple[float, float] | None:
+    """Two-sided paired t-test over folds of ``b`` against ``a`` (``scipy.stats.ttest_rel``).
 
-
-def paired_t_test(differences: Sequence[float]) -> tuple[float, float] | None:
-    """Two-sided one-sample t-test of the per-fold differences against 0.
-
-    Returns ``(t, p)``, or None with fewer than 2 folds. Equal differences give
-    ``t = ±inf, p = 0`` (or ``t = 0, p = 1`` when they are all 0).
+    Returns ``(t, p)``, or None with fewer than 2 folds. Equal differences, for which
+    scipy's t is undefined, give ``t = ±inf, p = 0`` (``t = 0, p = 1`` when they are 0).
     """
-    if len(differences) < 2:
+    if len(b) < 2:
         return None
-    mean, std = mean_std(differences)
-    if std == 0.0:
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        mean = float(d.mean())
         return (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
-    t = mean / (std / math.sqrt(len(differences)))
-    return t, student_t_two_sided_p(t, len(differences) - 1)
+    result = stats.ttest_rel(b, a)
+    return float(result.statistic), float(result.pvalue)
 
 
 def improvement_ratio(vft: float, tapt: float, ptapt: float) -> float | None:
@@ -278,8 +273,8 @@ def _amount(summary: Mapping[str, Any]) -> tuple[str, float]:
 
 
 def experiment_from_summary(summary: Mapping[str, Any], source: str) -> Experiment:
-    """An :class:`Experiment` from a summary dict (older summaries without
-    ``discarded`` flags count every run as kept)."""
+    """An :class:`Experiment` from a summary dict as
+    :func:`speechbrain_ptapt.experiment.summarize` writes it."""
     folds, discarded, hours = {}, [], {}
     for fold, entry in summary["folds"].items():
         kept = []
@@ -413,10 +408,8 @@ def compare(a: Experiment, b: Experiment, resamples: int, seed: int) -> dict[str
         return None
     ma, mb = a.fold_means("ua"), b.fold_means("ua")
     differences = [mb[f] - ma[f] for f in folds]
-    boot = bootstrap_means(b.values("ua", folds), resamples, seed) - bootstrap_means(
-        a.values("ua", folds), resamples, seed + 1
-    )
-    t_test = paired_t_test(differences)
+    ci = bootstrap_ci(b.values("ua", folds), resamples, seed, minus=a.values("ua", folds))
+    t_test = paired_t_test([mb[f] for f in folds], [ma[f] for f in folds])
     over_folds = len(folds) >= 2
     return {
         "a": a.label,
@@ -424,7 +417,7 @@ def compare(a: Experiment, b: Experiment, resamples: int, seed: int) -> dict[str
         "folds": folds,
         "differences": dict(zip(folds, differences)),
         "mean_difference": statistics.fmean(differences),
-        "ci95": list(percentile_interval(boot)),
+        "ci95": list(ci),
         "sign_flip_p": sign_flip_test(differences, seed=seed) if over_folds else None,
         "t": None if t_test is None else t_test[0],
         "t_p": None if t_test is None else t_test[1],

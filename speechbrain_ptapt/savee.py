@@ -438,7 +438,7 @@ class _Resampler:
     """Down-mix to mono and resample, reusing one sinc kernel per source rate.
 
     The kernel is torchaudio's default (``sinc_interp_hann``, 6 zero crossings,
-    roll-off 0.99), the one :func:`speechbrain_ptapt.audio.to_mono_16k` uses.
+    roll-off 0.99), the one :func:`speechbrain_ptapt.inference.to_mono_16k` uses.
     """
 
     def __init__(self, target_sample_rate: int) -> None:

@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from speechbrain_ptapt.errors import PtaptError
+
 #: Key of an entry's class label in the manifests.
 LABEL_KEY = "emo"
 
 
-class TrainingSubsetError(ValueError):
+class TrainingSubsetError(PtaptError, ValueError):
     """Invalid ``train_fraction`` / ``train_hours`` settings, or a manifest without
     the durations they need."""
 
@@ -81,11 +83,6 @@ class SubsetOptions:
             hours=None if hours is None else float(hours),
             seed=int(hparams.get("subset_seed", hparams.get("seed", 1986))),
         )
-
-    @property
-    def is_full(self) -> bool:
-        """True when the whole training set is used."""
-        return self.hours is None and float(self.fraction) == 1.0
 
 
 @dataclass(frozen=True)

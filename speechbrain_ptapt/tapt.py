@@ -1,9 +1,14 @@
 """TAPT: task-adaptive pretraining, i.e. wav2vec2's own self-supervised objective
 continued on the audio of a fold's training split (Chen & Rudnicky 2022, Sec. 2.3).
 
-The objective is transformers' ``Wav2Vec2ForPreTraining`` loss: a contrastive loss
-that picks the quantized target of each masked frame among distractors drawn from
-the same utterance, plus the codebook diversity loss. The model is loaded with its
+The objective is ``Wav2Vec2ForPreTraining``'s loss as transformers 4.10 (the
+authors' version) computes it: the contrastive loss that picks the quantized
+target of each masked frame among distractors drawn from the same utterance,
+summed over the masked frames, plus ``diversity_loss_weight`` times the codebook
+diversity term counted once per batch, with the quantizer's Gumbel-softmax at
+temperature 1. A mean per masked frame, the diversity term per masked frame
+(fairseq, later transformers) and fairseq's temperature anneal are options.
+The model is loaded with its
 weights (hub id or local folder); masks follow the backbone config
 (``mask_time_prob``, ``mask_time_length``, ``mask_time_min_masks``), one span count
 per padded batch as in the authors' code (``modules/FeatureFuser.py:197-204``, see
@@ -22,9 +27,7 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,57 +36,48 @@ import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
-from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.seed import seed_everything
 from torch import nn
 from transformers import Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _sample_negative_indices
 
-from speechbrain_ptapt.backbone import (
-    load_feature_extractor,
-    load_pretrained,
-    normalize_waveforms,
-    receptive_field_samples,
-)
-from speechbrain_ptapt.checkpointing import RandomState
-from speechbrain_ptapt.dataio import audio_pipeline, duration_step_batches
-from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options, world_size
-from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.backbone import load_feature_extractor, load_pretrained
+from speechbrain_ptapt.dataio import audio_pipeline, duration_batch_sampler
+from speechbrain_ptapt.distributed import unwrap
+from speechbrain_ptapt.errors import StageSettingsError
+from speechbrain_ptapt.experiment import load_hparams
+from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
 from speechbrain_ptapt.masking import TimeMask
+from speechbrain_ptapt.stage_cache import (
+    StageCache,
+    StageKeys,
+    finish_folder,
+    partial_folder,
+    stage_fingerprint,
+)
+from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 
 logger = logging.getLogger(__name__)
 
 #: File written into the adapted backbone folder: what it was adapted from and how.
 MARKER_FILE = "tapt_stage.json"
 
-#: Hyperparameters that define a TAPT stage (with the training data's fingerprint).
-FINGERPRINT_KEYS = (
-    "wav2vec2_hub",
-    "sample_rate",
-    "tapt_seed",
-    "tapt_steps",
-    "tapt_batch_size",
-    "warmup_steps",
-    "tapt_flat_fraction",
-    "tapt_lr",
-    "tapt_max_seconds",
-    "tapt_num_buckets",
-    "tapt_gumbel_temperature",
-    "tapt_max_grad_norm",
+#: The hparams that define a fold's TAPT stage (with its training data's digest): every
+#: ``tapt_`` key but the result-neutral ones, and the shared keys it reads.
+TAPT_KEYS = StageKeys(
+    prefixes=("tapt_",),
+    shared=(
+        "wav2vec2_hub",
+        "wav2vec2_revision",
+        "normalize_waveform",
+        "sample_rate",
+        "warmup_steps",
+    ),
 )
-#: Settings that define the stage only when set (not null); absent from the
-#: fingerprint otherwise, so stages run before they existed keep theirs.
-OPTIONAL_FINGERPRINT_KEYS = ("tapt_batch_seconds",)
 
-
-class TAPTSettingsError(RuntimeError):
-    """A TAPT folder holds the results of different settings or training data."""
+#: A stage folder of other settings or data (kept for code that catches it by this name).
+TAPTSettingsError = StageSettingsError
 
 
 # ----------------------------------------------------------------------------
@@ -91,38 +85,105 @@ class TAPTSettingsError(RuntimeError):
 # ----------------------------------------------------------------------------
 
 
+#: How the batch's loss is reduced over its masked frames: ``sum`` (transformers 4.10's
+#: ``Wav2Vec2ForPreTraining`` loss, what the authors optimised) or ``mean`` (per masked frame).
+LOSS_REDUCTIONS = ("sum", "mean")
+#: How the codebook diversity term enters the summed loss: ``unscaled`` (once per
+#: batch, transformers 4.10) or ``per_masked_frame`` (times the number of masked
+#: frames, as fairseq and later transformers count it).
+DIVERSITY_SCALINGS = ("unscaled", "per_masked_frame")
+
+
 @dataclass
 class PretrainingLoss:
-    """wav2vec2's pretraining loss terms of one batch, summed as transformers does.
+    """wav2vec2's pretraining loss terms of one batch.
 
     Attributes
     ----------
     contrastive : torch.Tensor
         () sum over masked frames of the contrastive cross-entropy.
-    diversity : torch.Tensor
-        () codebook diversity loss times the number of masked frames
-        (``(G*V - perplexity) / (G*V) * masked``).
+    codebook_diversity : torch.Tensor
+        () the codebook diversity term ``(G*V - perplexity) / (G*V)`` of the batch,
+        in [0, 1), perplexity over the masked frames (as transformers computes it).
     diversity_weight : float
         The config's ``diversity_loss_weight``.
     num_masked : int
         Number of masked (predicted) frames in the batch.
+    diversity_scaling : str
+        ``unscaled`` or ``per_masked_frame`` (see :data:`DIVERSITY_SCALINGS`).
+    reduction : str
+        ``sum`` or ``mean`` (see :data:`LOSS_REDUCTIONS`): what :attr:`objective` is.
     """
 
     contrastive: torch.Tensor
-    diversity: torch.Tensor
+    codebook_diversity: torch.Tensor
     diversity_weight: float
     num_masked: int
+    diversity_scaling: str = "unscaled"
+    reduction: str = "sum"
+
+    @property
+    def diversity(self) -> torch.Tensor:
+        """() the diversity term as it enters :attr:`total`: the codebook diversity
+        once (``unscaled``, transformers 4.10) or times the number of masked frames
+        (``per_masked_frame``, fairseq and transformers 5)."""
+        if self.diversity_scaling == "per_masked_frame":
+            return self.codebook_diversity * self.num_masked
+        return self.codebook_diversity
 
     @property
     def total(self) -> torch.Tensor:
-        """() contrastive + diversity_weight * diversity, the value
-        ``Wav2Vec2ForPreTraining`` returns as ``loss``."""
+        """() contrastive + diversity_weight * diversity: the batch's summed loss
+        (``Wav2Vec2ForPreTraining``'s ``loss`` under the chosen diversity scaling)."""
         return self.contrastive + self.diversity_weight * self.diversity
 
     @property
     def per_masked_frame(self) -> torch.Tensor:
         """() the total divided by the number of masked frames (0 when none)."""
         return self.total / max(self.num_masked, 1)
+
+    @property
+    def objective(self) -> torch.Tensor:
+        """() the loss to optimise: :attr:`total` (``sum``) or
+        :attr:`per_masked_frame` (``mean``)."""
+        return self.total if self.reduction == "sum" else self.per_masked_frame
+
+
+def gumbel_temperature_schedule(value: float | Sequence[float]) -> tuple[float, float, float]:
+    """``(start, end, decay)`` of a Gumbel-softmax temperature setting.
+
+    Arguments
+    ---------
+    value : float or sequence of 3 floats
+        A constant temperature, or fairseq's anneal ``[start, end, decay]``: the
+        temperature after ``n`` optimizer steps is ``max(start * decay**n, end)``
+        (fairseq's wav2vec 2.0 base: ``[2.0, 0.5, 0.999995]``).
+
+    Returns
+    -------
+    tuple of float
+        ``(start, end, decay)``; a constant ``t`` gives ``(t, t, 1.0)``.
+
+    Raises
+    ------
+    ValueError
+        Unless ``start >= end > 0`` (finite) and ``0 < decay <= 1``.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        start = end = float(value)
+        decay = 1.0
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
+        start, end, decay = (float(v) for v in value)
+    else:
+        raise ValueError(
+            f"gumbel_temperature must be a number or [start, end, decay], got {value!r}."
+        )
+    if not (math.isfinite(start) and start >= end > 0 and 0 < decay <= 1):
+        raise ValueError(
+            "gumbel_temperature needs start >= end > 0 (finite) and 0 < decay <= 1, got "
+            f"{value!r}."
+        )
+    return start, end, decay
 
 
 def sample_negative_indices(frame_mask: np.ndarray, num_negatives: int) -> np.ndarray:
@@ -166,28 +227,58 @@ class Wav2Vec2Pretraining(nn.Module):
         ``save_pretrained``; its weights are loaded.
     save_path : str, optional
         Cache folder for hub downloads.
-    gumbel_temperature : float, optional
-        Temperature of the Gumbel-softmax quantizer in training mode (None keeps
-        transformers' default, 2).
+    gumbel_temperature : float or sequence of 3 floats
+        Temperature of the Gumbel-softmax quantizer in training mode: a constant
+        (1, transformers 4.10's default, which the authors' code kept) or
+        fairseq's anneal ``[start, end, decay]`` per optimizer step (see
+        :func:`gumbel_temperature_schedule` and :meth:`set_num_updates`).
+    loss_reduction : str
+        ``sum`` (transformers 4.10) or ``mean`` over masked frames: what
+        :attr:`PretrainingLoss.objective` returns.
+    diversity_scaling : str
+        ``unscaled`` (transformers 4.10) or ``per_masked_frame`` (fairseq,
+        transformers 5): see :attr:`PretrainingLoss.diversity`.
+    revision : str, optional
+        Hub revision of a hub id; ignored for a local folder.
+    normalize : bool, optional
+        Normalise each waveform before the CNN; None follows the backbone's
+        preprocessor config (see :func:`~speechbrain_ptapt.backbone.load_feature_extractor`).
 
     Example
     -------
     >>> model = Wav2Vec2Pretraining("facebook/wav2vec2-base")  # doctest: +SKIP
-    >>> model(wavs, wav_lens).per_masked_frame.backward()  # doctest: +SKIP
+    >>> model(wavs, wav_lens).objective.backward()  # doctest: +SKIP
     """
 
     def __init__(
         self,
         source: str,
         save_path: str | None = None,
-        gumbel_temperature: float | None = None,
+        gumbel_temperature: float | Sequence[float] = 1.0,
+        loss_reduction: str = "sum",
+        diversity_scaling: str = "unscaled",
+        revision: str | None = None,
+        normalize: bool | None = None,
     ) -> None:
         super().__init__()
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}."
+            )
+        if diversity_scaling not in DIVERSITY_SCALINGS:
+            raise ValueError(
+                f"diversity_scaling must be one of {DIVERSITY_SCALINGS}, got {diversity_scaling!r}."
+            )
+        self.loss_reduction = loss_reduction
+        self.diversity_scaling = diversity_scaling
+        self.gumbel_schedule = gumbel_temperature_schedule(gumbel_temperature)
         self.source = str(source)
         self.model: Wav2Vec2ForPreTraining = load_pretrained(
-            Wav2Vec2ForPreTraining, self.source, save_path
+            Wav2Vec2ForPreTraining, self.source, save_path, revision
         )
-        self.feature_extractor_config = load_feature_extractor(self.source, save_path)
+        self.feature_extractor_config = load_feature_extractor(
+            self.source, save_path, revision, normalize
+        )
         self.normalize = bool(getattr(self.feature_extractor_config, "do_normalize", True))
         self.sample_rate = int(self.feature_extractor_config.sampling_rate)
         self.min_samples = receptive_field_samples(self.model)
@@ -205,13 +296,28 @@ class Wav2Vec2Pretraining(nn.Module):
             length=int(config.mask_time_length),
             min_masks=int(config.mask_time_min_masks),
         )
-        if gumbel_temperature is not None:
-            self.model.set_gumbel_temperature(float(gumbel_temperature))
+        self.set_num_updates(0)
 
     @property
     def config(self):
         """The transformers config of the model."""
         return self.model.config
+
+    @property
+    def gumbel_temperature_annealed(self) -> bool:
+        """Whether the Gumbel-softmax temperature changes with the optimizer steps."""
+        start, end, decay = self.gumbel_schedule
+        return start != end and decay != 1.0
+
+    def set_num_updates(self, num_updates: int) -> float:
+        """Sets the quantizer's Gumbel-softmax temperature for a batch after
+        ``num_updates`` optimizer steps, as fairseq's ``GumbelVectorQuantizer``:
+        ``max(start * decay**num_updates, end)`` (the constant for a constant
+        setting). Returns it."""
+        start, end, decay = self.gumbel_schedule
+        temperature = max(start * decay ** int(num_updates), end)
+        self.model.set_gumbel_temperature(temperature)
+        return temperature
 
     def prepare_inputs(
         self, wavs: torch.Tensor, wav_lens: torch.Tensor
@@ -287,8 +393,8 @@ class Wav2Vec2Pretraining(nn.Module):
         Returns
         -------
         PretrainingLoss
-            The summed loss terms (zero, still attached to the graph, when the
-            batch has no masked frame).
+            The loss terms, with this model's diversity scaling and reduction
+            (zero, still attached to the graph, when the batch has no masked frame).
         """
         input_values, attention_mask, frame_mask = self.prepare_inputs(wavs, wav_lens)
         mask_time_indices, negatives = self.sample_masks(frame_mask)
@@ -299,11 +405,19 @@ class Wav2Vec2Pretraining(nn.Module):
             mask_time_indices=mask_time_indices,
             sampled_negative_indices=negatives if num_masked else None,
         )
-        weight = float(self.config.diversity_loss_weight)
+        config = self.config
+        weight = float(config.diversity_loss_weight)
+        options = {"diversity_scaling": self.diversity_scaling, "reduction": self.loss_reduction}
         if not num_masked:
             zero = out.projected_states.sum() * 0.0
-            return PretrainingLoss(zero, zero, weight, 0)
-        return PretrainingLoss(out.contrastive_loss, out.diversity_loss, weight, num_masked)
+            return PretrainingLoss(zero, zero, weight, 0, **options)
+        # transformers 5 returns the diversity term times the number of masked
+        # frames; the codebook term itself is 4.10's (G*V - perplexity) / (G*V).
+        num_codevectors = config.num_codevectors_per_group * config.num_codevector_groups
+        codebook_diversity = (num_codevectors - out.codevector_perplexity) / num_codevectors
+        return PretrainingLoss(
+            out.contrastive_loss, codebook_diversity, weight, num_masked, **options
+        )
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Writes the model (config, weights, quantizer included) and the
@@ -318,155 +432,8 @@ class Wav2Vec2Pretraining(nn.Module):
 
 
 # ----------------------------------------------------------------------------
-# Schedule and batches
+# Data and training
 # ----------------------------------------------------------------------------
-
-
-@register_checkpoint_hooks
-class WarmupFlatLinearDecay:
-    """Learning-rate schedule counted in optimizer steps: linear warm-up to ``lr``
-    over ``warmup_steps``, ``flat_fraction`` of ``total_steps`` at ``lr``, then a
-    linear decay that reaches 0 after the last step.
-
-    Calling it before each optimizer step sets the learning rate of that step.
-
-    Arguments
-    ---------
-    lr : float
-        Peak learning rate.
-    total_steps : int
-        Optimizer steps of the whole stage.
-    warmup_steps : int
-        Warm-up steps (step ``s`` of them uses ``lr * s / warmup_steps``).
-    flat_fraction : float
-        Share of ``total_steps`` spent at ``lr`` after the warm-up.
-
-    Example
-    -------
-    >>> schedule = WarmupFlatLinearDecay(1.0, total_steps=100, warmup_steps=10)
-    >>> [round(schedule.lr_at(s), 4) for s in (1, 10, 15, 16, 100)]
-    [0.1, 1.0, 1.0, 0.9884, 0.0116]
-    """
-
-    def __init__(
-        self, lr: float, total_steps: int, warmup_steps: int = 100, flat_fraction: float = 0.05
-    ) -> None:
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be at least 1, got {total_steps}.")
-        if warmup_steps < 0 or not 0.0 <= flat_fraction <= 1.0:
-            raise ValueError(
-                f"Need warmup_steps >= 0 and flat_fraction in [0, 1], got {warmup_steps}, "
-                f"{flat_fraction}."
-            )
-        self.lr = float(lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.flat_steps = int(flat_fraction * total_steps)
-        self.steps_done = 0
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step ``step`` (1-based)."""
-        if step <= self.warmup_steps:
-            return self.lr * step / self.warmup_steps
-        decay_start = self.warmup_steps + self.flat_steps
-        if step <= decay_start:
-            return self.lr
-        decay_steps = self.total_steps - decay_start
-        return self.lr * max(0.0, (self.total_steps - step + 1) / (decay_steps + 1))
-
-    def __call__(self, optimizer: torch.optim.Optimizer) -> float:
-        """Advances one step and sets the learning rate of every parameter group;
-        returns it."""
-        self.steps_done += 1
-        lr = self.lr_at(self.steps_done)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    @mark_as_saver
-    def _save(self, path: str) -> None:
-        torch.save({"steps_done": self.steps_done}, path)
-
-    @mark_as_loader
-    def _recover(self, path: str, end_of_epoch: bool = True) -> None:
-        del end_of_epoch
-        self.steps_done = int(torch.load(path)["steps_done"])
-
-
-class BucketBatchSampler(torch.utils.data.Sampler):
-    """Length-bucketed batches of a fixed number of utterances, for a fixed number
-    of batches (as many passes over the data as needed).
-
-    Each pass sorts the utterances by duration (random order among equal
-    durations), cuts them into ``num_buckets`` buckets of neighbouring lengths,
-    shuffles each bucket, cuts the sequence into batches of ``batch_size`` and
-    shuffles the batches. Pass ``p`` of epoch ``e`` depends only on
-    ``(seed, e, p)``, so an interrupted stage can skip the batches it has seen.
-
-    Arguments
-    ---------
-    durations : sequence of float
-        Duration of each utterance in seconds (cropped length, as trained).
-    batch_size : int
-        Utterances per batch (the last batch of a pass may be smaller).
-    num_batches : int
-        Batches to yield per epoch.
-    num_buckets : int
-        Length buckets per pass.
-    seed : int
-        Seed of the shuffles.
-    """
-
-    def __init__(
-        self,
-        durations: Sequence[float],
-        batch_size: int,
-        num_batches: int,
-        num_buckets: int = 50,
-        seed: int = 0,
-    ) -> None:
-        if not len(durations):
-            raise ValueError("BucketBatchSampler needs at least one utterance.")
-        if batch_size < 1 or num_batches < 0 or num_buckets < 1:
-            raise ValueError(
-                f"Need batch_size >= 1, num_batches >= 0, num_buckets >= 1; got {batch_size}, "
-                f"{num_batches}, {num_buckets}."
-            )
-        self.durations = np.asarray(durations, dtype=np.float64)
-        self.batch_size = int(batch_size)
-        self.num_batches = int(num_batches)
-        self.num_buckets = int(num_buckets)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch (called by SpeechBrain before each epoch)."""
-        self.epoch = int(epoch)
-
-    def one_pass(self, pass_index: int) -> list[list[int]]:
-        """The batches of one pass over every utterance."""
-        rng = np.random.default_rng([self.seed, self.epoch, pass_index])
-        shuffled = rng.permutation(len(self.durations))
-        by_length = shuffled[np.argsort(self.durations[shuffled], kind="stable")]
-        buckets = np.array_split(by_length, min(self.num_buckets, len(by_length)))
-        order = np.concatenate([rng.permutation(bucket) for bucket in buckets])
-        batches = [
-            order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)
-        ]
-        return [batches[i] for i in rng.permutation(len(batches))]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yielded, pass_index = 0, 0
-        while yielded < self.num_batches:
-            for batch in self.one_pass(pass_index):
-                if yielded == self.num_batches:
-                    return
-                yielded += 1
-                yield batch
-            pass_index += 1
-
-    def __len__(self) -> int:
-        return self.num_batches
 
 
 def tapt_dataset(
@@ -480,40 +447,22 @@ def tapt_dataset(
     return dataset
 
 
-def cropped_durations(dataset: DynamicItemDataset, max_seconds: float | None) -> list[float]:
-    """Duration in seconds of each utterance as trained (at most ``max_seconds``),
-    in dataset order."""
-    cap = math.inf if max_seconds is None else float(max_seconds)
-    return [min(float(dataset.data[i]["duration"]), cap) for i in dataset.data_ids]
-
-
-# ----------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------
-
-
-class TAPTBrain(sb.Brain):
+class TAPTBrain(StepStageBrain):
     """Continues wav2vec2's self-supervised training (``modules.wav2vec2``, a
-    :class:`Wav2Vec2Pretraining`) for a fixed number of optimizer steps.
+    :class:`Wav2Vec2Pretraining`) for a fixed number of optimizer steps (the
+    stage's settings: :class:`~speechbrain_ptapt.training.StepStageBrain`).
 
-    Expects in hparams: ``lr_scheduler`` (a :class:`WarmupFlatLinearDecay`),
-    optionally ``train_logger`` and ``log_interval_steps`` (log the mean loss,
-    contrastive and diversity terms per masked frame and the learning rate every
-    that many optimizer steps). The loss optimised is transformers' pretraining
-    loss divided by the number of masked frames of the batch.
-
-    A ``max_grad_norm`` of 0 or less means no gradient clipping.
+    The loss optimised is :attr:`PretrainingLoss.objective`: with the ``sum``
+    reduction (transformers 4.10, the authors' code) it grows with the masked frames
+    of a batch, so SpeechBrain's running ``train_loss`` does too. Each train log line
+    holds the means over its window's batches of: ``loss``, the loss optimised;
+    ``loss_per_masked_frame``, which compares across batch sizes; ``contrastive``, the
+    contrastive loss per masked frame; ``diversity``, the codebook term
+    ``(G*V - perplexity) / (G*V)``; ``masked_frames`` per batch; the learning rate,
+    and the Gumbel temperature when it is annealed. Before each batch the model's
+    Gumbel temperature is set for the optimizer steps done
+    (:meth:`Wav2Vec2Pretraining.set_num_updates`).
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.max_grad_norm is None or self.max_grad_norm <= 0:
-            self.max_grad_norm = math.inf
-        self._reset_window()
-
-    def _reset_window(self) -> None:
-        """Starts a new logging window (sums of the loss terms per masked frame)."""
-        self._window = {"loss": 0.0, "contrastive": 0.0, "diversity": 0.0, "batches": 0}
 
     def compute_forward(self, batch, stage) -> PretrainingLoss:
         """The summed loss terms of a batch of padded waveforms."""
@@ -522,179 +471,32 @@ class TAPTBrain(sb.Brain):
         return self.modules.wav2vec2(wavs, wav_lens)
 
     def compute_objectives(self, predictions: PretrainingLoss, batch, stage) -> torch.Tensor:
-        """The pretraining loss per masked frame."""
-        loss = predictions.per_masked_frame
+        """The pretraining loss as the model reduces it (:attr:`PretrainingLoss.objective`)."""
+        loss = predictions.objective
         masked = max(predictions.num_masked, 1)
-        self._window["loss"] += float(loss.detach())
-        self._window["contrastive"] += float(predictions.contrastive.detach()) / masked
-        self._window["diversity"] += float(predictions.diversity.detach()) / masked
-        self._window["batches"] += 1
+        self.add_to_log(
+            loss=loss.detach(),
+            loss_per_masked_frame=predictions.per_masked_frame.detach(),
+            contrastive=predictions.contrastive.detach() / masked,
+            diversity=predictions.codebook_diversity.detach(),
+            masked_frames=predictions.num_masked,
+        )
         return loss
 
     def on_fit_batch_start(self, batch, should_step: bool) -> None:
-        """Sets the learning rate of the coming optimizer step."""
-        if should_step:
-            self.lr = self.hparams.lr_scheduler(self.optimizer)
+        """Sets the learning rate of the coming optimizer step and the model's
+        Gumbel temperature for the optimizer steps done."""
+        super().on_fit_batch_start(batch, should_step)
+        set_num_updates = getattr(unwrap(self.modules.wav2vec2), "set_num_updates", None)
+        if set_num_updates is not None:
+            set_num_updates(self.optimizer_step)
 
-    def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
-        """Logs the mean loss terms every ``log_interval_steps`` optimizer steps."""
-        interval = int(getattr(self.hparams, "log_interval_steps", 0) or 0)
-        if not should_step or interval <= 0 or self.optimizer_step % interval:
-            return
-        count = max(self._window.pop("batches"), 1)
-        stats = {key: value / count for key, value in self._window.items()}
-        stats["lr"] = float(self.lr)
-        train_logger = getattr(self.hparams, "train_logger", None)
-        if train_logger is not None:
-            train_logger.log_stats(stats_meta={"step": self.optimizer_step}, train_stats=stats)
-        self._reset_window()
-
-    def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
-        """End of the stage: a final checkpoint, so a rerun finds it finished."""
-        if stage == sb.Stage.TRAIN and self.checkpointer is not None:
-            self.step = 0  # the epoch is over (SpeechBrain resets it after this hook)
-            self.checkpointer.save_and_keep_only(
-                meta={"optimizer_step": self.optimizer_step, "train_loss": float(stage_loss)},
-                num_to_keep=1,
-            )
-
-
-def stage_run_options(run_opts: Any, **forced: Any) -> dict[str, Any]:
-    """The user's run options (device, precision ...) with the stage's own values."""
-    if run_opts is None:
-        base: dict[str, Any] = {}
-    elif isinstance(run_opts, dict):
-        base = dict(run_opts)
-    else:
-        base = {key: run_opts[key] for key in run_opts.overridden_args}
-    base.update(forced)
-    return base
-
-
-#: The yaml keys each step-counted stage reads, by prefix (see :func:`step_stage_brain`).
-STEP_STAGE_KEYS = {
-    prefix_keys[0].split("_")[0]: prefix_keys
-    for prefix_keys in (
-        (
-            "tapt_steps",
-            "tapt_lr",
-            "tapt_flat_fraction",
-            "tapt_ckpt_interval_steps",
-            "tapt_max_grad_norm",
-            "tapt_opt_class",
-            "tapt_train_logger",
-            "tapt_log_interval_steps",
-        ),
-        (
-            "ptapt_steps",
-            "ptapt_lr",
-            "ptapt_flat_fraction",
-            "ptapt_ckpt_interval_steps",
-            "ptapt_max_grad_norm",
-            "ptapt_opt_class",
-            "ptapt_train_logger",
-            "ptapt_log_interval_steps",
-        ),
-    )
-}
-
-
-def step_stage_brain(
-    brain_class: type,
-    model: torch.nn.Module,
-    hparams: dict[str, Any],
-    prefix: str,
-    run_opts: Any,
-    checkpointer: sb.utils.checkpoints.Checkpointer | None = None,
-) -> tuple[sb.Brain, EpochCounter]:
-    """The Brain of a stage counted in optimizer steps (TAPT, P-TAPT phase 2).
-
-    Reads ``<prefix>_steps``, ``<prefix>_lr``, ``warmup_steps``,
-    ``<prefix>_flat_fraction``, ``<prefix>_ckpt_interval_steps``,
-    ``<prefix>_max_grad_norm``, ``<prefix>_opt_class`` and optionally
-    ``<prefix>_train_logger`` and ``<prefix>_log_interval_steps``. The stage is one
-    epoch of exactly ``<prefix>_steps`` batches; the checkpointer receives the
-    model, the schedule, the epoch counter and the random state (SpeechBrain adds
-    the optimizer and the data position), so an interrupted stage resumes at the
-    step it reached.
-
-    Returns
-    -------
-    brain : sb.Brain
-        An instance of ``brain_class`` with ``modules.wav2vec2 = model``.
-    epoch_counter : EpochCounter
-        The counter to pass to ``fit``.
-    """
-    optional = (f"{prefix}_train_logger", f"{prefix}_log_interval_steps")
-    missing = [k for k in STEP_STAGE_KEYS[prefix] if k not in hparams and k not in optional]
-    if missing:
-        raise KeyError(f"The {prefix} stage needs the yaml keys {missing}.")
-    steps = int(hparams[f"{prefix}_steps"])
-    scheduler = WarmupFlatLinearDecay(
-        hparams[f"{prefix}_lr"],
-        steps,
-        hparams["warmup_steps"],
-        hparams[f"{prefix}_flat_fraction"],
-    )
-    epoch_counter = EpochCounter(limit=1)
-    if checkpointer is not None:
-        checkpointer.add_recoverables(
-            {
-                "wav2vec2": model,
-                "lr_scheduler": scheduler,
-                "counter": epoch_counter,
-                "rng": RandomState(),
-            }
-        )
-    opts = stage_run_options(
-        run_opts,
-        optimizer_step_limit=steps,
-        ckpt_interval_steps=int(hparams[f"{prefix}_ckpt_interval_steps"]),
-        ckpt_interval_minutes=0.0,
-        max_grad_norm=float(hparams[f"{prefix}_max_grad_norm"]),
-    )
-    # Under DDP: masks that hit no frame leave the mask embedding without a gradient.
-    opts = with_ddp_options(opts, model)
-    brain = brain_class(
-        modules={"wav2vec2": model},
-        opt_class=hparams[f"{prefix}_opt_class"],
-        hparams={
-            "lr_scheduler": scheduler,
-            "train_logger": hparams.get(f"{prefix}_train_logger"),
-            "log_interval_steps": hparams.get(f"{prefix}_log_interval_steps", 0),
-        },
-        run_opts=opts,
-        checkpointer=checkpointer,
-    )
-    return brain, epoch_counter
-
-
-def fit_steps(
-    brain: sb.Brain,
-    epoch_counter: EpochCounter,
-    dataset: DynamicItemDataset,
-    batch_sampler: torch.utils.data.Sampler,
-    num_workers: int = 0,
-    valid_loader: torch.utils.data.DataLoader | None = None,
-) -> None:
-    """Trains a step-counted stage on ``dataset`` batched by ``batch_sampler``,
-    validating on ``valid_loader`` after every epoch when given.
-
-    Under DDP each process takes its share of the sampler's batches
-    (:func:`speechbrain_ptapt.distributed.make_train_loader`): a sampler of
-    ``world_size`` times the stage's steps gives every process the stage's steps.
-    """
-    loader = make_train_loader(
-        brain,
-        dataset,
-        batch_sampler=batch_sampler,
-        num_workers=num_workers,
-        # A private generator: creating the loader's iterator does not draw from
-        # the global random state, so a resumed stage draws what an uninterrupted
-        # one would.
-        generator=torch.Generator(),
-    )
-    brain.fit(epoch_counter, loader, valid_loader)
+    def extra_log_stats(self) -> dict[str, float]:
+        """The quantizer's Gumbel temperature, when it is annealed."""
+        model = unwrap(self.modules.wav2vec2)
+        if getattr(model, "gumbel_temperature_annealed", False):
+            return {"gumbel_temperature": float(model.model.quantizer.temperature)}
+        return {}
 
 
 def train_tapt(
@@ -711,13 +513,12 @@ def train_tapt(
     model : Wav2Vec2Pretraining
         The model, with the weights to adapt.
     hparams : dict
-        ``tapt_steps``, ``tapt_batch_size`` (or ``tapt_batch_seconds``: batches of
-        that many seconds of length-bucketed audio when not None), ``warmup_steps``,
-        ``tapt_flat_fraction``,
-        ``tapt_lr``, ``tapt_max_seconds``, ``tapt_num_buckets``, ``tapt_seed``,
-        ``tapt_ckpt_interval_steps``, ``tapt_log_interval_steps``,
-        ``tapt_max_grad_norm``, ``tapt_num_workers``, ``tapt_opt_class`` and
-        optionally ``tapt_train_logger``.
+        ``tapt_brain_hparams`` (the Brain's settings: steps, schedule, epoch counter,
+        checkpoint and log intervals, logger), ``tapt_opt_class``,
+        ``tapt_batch_seconds`` (batches of at least that many seconds of
+        length-bucketed audio, as the authors' code; None: ``tapt_batch_size``
+        utterances per batch), ``tapt_max_seconds``, ``tapt_num_buckets``,
+        ``tapt_seed`` and ``tapt_num_workers``.
     run_opts : RunOptions or dict
         SpeechBrain's run options (device, precision ...).
     train_manifest : str or Path
@@ -731,35 +532,36 @@ def train_tapt(
     TAPTBrain
         The brain after training (``optimizer_step`` == ``tapt_steps``).
     """
-    steps = int(hparams["tapt_steps"])
-    brain, epoch_counter = step_stage_brain(
-        TAPTBrain, model, hparams, "tapt", run_opts, checkpointer
+    brain = TAPTBrain(
+        modules={"wav2vec2": model},
+        opt_class=hparams["tapt_opt_class"],
+        hparams=hparams["tapt_brain_hparams"],
+        run_opts=with_default_precision(run_opts),
+        checkpointer=checkpointer,
     )
     max_seconds = hparams["tapt_max_seconds"]
     dataset = tapt_dataset(train_manifest, model.sample_rate, max_seconds)
-    num_batches = steps * brain.grad_accumulation_factor * world_size()
     batch_seconds = hparams.get("tapt_batch_seconds")
-    if batch_seconds is None:
-        sampler = BucketBatchSampler(
-            cropped_durations(dataset, max_seconds),
-            batch_size=int(hparams["tapt_batch_size"]),
-            num_batches=num_batches,
-            num_buckets=int(hparams["tapt_num_buckets"]),
-            seed=int(hparams["tapt_seed"]),
-        )
-        batches = f"{hparams['tapt_batch_size']} utterances"
-    else:
-        sampler = duration_step_batches(dataset, hparams, "tapt", max_seconds, num_batches)
-        batches = f"about {batch_seconds} s of audio"
+    sampler = duration_batch_sampler(
+        dataset,
+        batch_seconds,
+        max_seconds,
+        int(hparams["tapt_num_buckets"]),
+        seed=int(hparams["tapt_seed"]),
+        batch_size=int(hparams["tapt_batch_size"]),
+    )
     logger.info(
         "TAPT on %d utterances of %s: %d steps of %s (%s).",
         len(dataset),
         train_manifest,
-        steps,
-        batches,
+        brain.optimizer_step_limit,
+        f"at least {batch_seconds} s of audio"
+        if batch_seconds is not None
+        else f"{hparams['tapt_batch_size']} utterances",
         "whole files" if max_seconds is None else f"random crops of at most {max_seconds} s",
     )
-    fit_steps(brain, epoch_counter, dataset, sampler, int(hparams.get("tapt_num_workers", 0)))
+    workers = int(hparams.get("tapt_num_workers", 0))
+    brain.fit_steps(dataset, {"batch_sampler": sampler, "num_workers": workers})
     return brain
 
 
@@ -778,62 +580,33 @@ def manifest_digest(manifest: str | Path) -> str:
 
 
 def tapt_fingerprint(hparams: dict[str, Any], train_manifest: str | Path) -> dict[str, Any]:
-    """The settings that define a fold's TAPT stage, plus its training data digest."""
-    settings = {key: hparams[key] for key in FINGERPRINT_KEYS}
-    settings.update(
-        {key: hparams[key] for key in OPTIONAL_FINGERPRINT_KEYS if hparams.get(key) is not None}
-    )
-    settings["wav2vec2_hub"] = str(settings["wav2vec2_hub"])
-    settings["train_manifest"] = manifest_digest(train_manifest)
-    return json.loads(json.dumps(settings))
-
-
-def check_settings(path: Path, fingerprint: dict[str, Any], what: str) -> None:
-    """Raises :class:`TAPTSettingsError` naming the changed settings when the
-    fingerprint recorded in ``path`` differs from ``fingerprint``."""
-    with open(path, encoding="utf-8") as f:
-        recorded = json.load(f).get("settings")
-    if recorded != fingerprint:
-        changed = sorted(
-            k
-            for k in set(fingerprint) | set(recorded or {})
-            if (recorded or {}).get(k) != fingerprint.get(k)
-        )
-        raise TAPTSettingsError(
-            f"{what} was produced with other TAPT settings or training data (differs in: "
-            f"{', '.join(changed)}). Use another output_folder, or delete "
-            f"{path.parent} to adapt again."
-        )
-
-
-def guard_checkpoints(save_folder: Path, file_name: str, fingerprint: dict[str, Any]) -> None:
-    """Records ``fingerprint`` in ``save_folder/file_name`` before a stage's first
-    checkpoint, and raises :class:`TAPTSettingsError` when the checkpoints found
-    there were made with other settings or data (every process waits for the main
-    one)."""
-    settings_file = save_folder / file_name
-    if settings_file.is_file():
-        check_settings(settings_file, fingerprint, f"The checkpoints in {save_folder}")
-    elif if_main_process():
-        save_folder.mkdir(parents=True, exist_ok=True)
-        write_json(settings_file, {"settings": fingerprint})  # atomic
-    ddp_barrier()
+    """The settings that define a fold's TAPT stage (:data:`TAPT_KEYS`), plus its
+    training data digest."""
+    return stage_fingerprint(TAPT_KEYS, hparams, train_manifest=manifest_digest(train_manifest))
 
 
 def save_adapted(model: Wav2Vec2Pretraining, folder: str | Path, marker: dict[str, Any]) -> Path:
     """Writes the adapted model (Hugging Face format) and ``MARKER_FILE`` into a
     temporary folder, then renames it to ``folder``: a folder of that name is
     always complete."""
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    partial = partial_folder(folder)
     model.save_pretrained(partial)
-    with open(partial / MARKER_FILE, "w", encoding="utf-8") as f:
-        json.dump(marker, f, indent=2)
-    os.rename(partial, folder)
-    return folder
+    return finish_folder(partial, folder, (MARKER_FILE, marker))
+
+
+def adapted_cache(
+    name: str, hparams: dict[str, Any], prefix: str, fingerprint: dict[str, Any]
+) -> StageCache:
+    """The cache of a stage that writes an adapted backbone (TAPT, P-TAPT phase 2):
+    ``<prefix>_adapted_folder`` with its :data:`MARKER_FILE`, checkpoints guarded in
+    ``<prefix>_save_folder`` by ``<prefix>_settings.json``."""
+    return StageCache(
+        name,
+        fingerprint,
+        Path(hparams[f"{prefix}_adapted_folder"]) / MARKER_FILE,
+        checkpoints=Path(hparams[f"{prefix}_save_folder"]),
+        checkpoint_record=f"{prefix}_settings.json",
+    )
 
 
 def run_tapt_stage(
@@ -866,48 +639,29 @@ def run_tapt_stage(
 
     Raises
     ------
-    TAPTSettingsError
-        When the fold's TAPT folder holds results of other settings or data.
+    StageSettingsError
+        When the fold's TAPT folder holds results or checkpoints of other settings or
+        data (:mod:`speechbrain_ptapt.stage_cache`).
     """
-    from speechbrain_ptapt.experiment import load_hparams
-
     hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
     train_manifest = manifests["train"]
     adapted = Path(hparams["tapt_adapted_folder"])
-    fingerprint = tapt_fingerprint(hparams, train_manifest)
-    if adapted.is_dir():
-        marker = adapted / MARKER_FILE
-        if not marker.is_file():
-            raise TAPTSettingsError(
-                f"{adapted} exists but has no {MARKER_FILE}: it was not written by this "
-                "TAPT stage. Use another output_folder, or delete it to adapt again."
-            )
-        check_settings(marker, fingerprint, str(adapted))
+    cache = adapted_cache("TAPT", hparams, "tapt", tapt_fingerprint(hparams, train_manifest))
+    if cache.is_done():
         logger.info("TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
-
-    guard_checkpoints(Path(hparams["tapt_save_folder"]), "tapt_settings.json", fingerprint)
+    cache.guard_checkpoints()
 
     seed_everything(int(hparams["tapt_seed"]))
     model = hparams["tapt_model"]()
     checkpointer = hparams["tapt_checkpointer"]()
-    brain = train_tapt(
-        model,
-        {**hparams, "tapt_train_logger": hparams["tapt_train_logger"]()},
-        run_opts,
-        train_manifest,
-        checkpointer,
-    )
+    brain = train_tapt(model, hparams, run_opts, train_manifest, checkpointer)
     if if_main_process():
-        save_adapted(
-            model,
-            adapted,
-            {
-                "settings": fingerprint,
-                "fold": str(fold),
-                "optimizer_steps": int(brain.optimizer_step),
-                "train_manifest": str(train_manifest),
-            },
+        cache.publish_folder(
+            model.save_pretrained,
+            fold=str(fold),
+            optimizer_steps=int(brain.optimizer_step),
+            train_manifest=str(train_manifest),
         )
         logger.info("TAPT of fold %s done: adapted backbone in %s.", fold, adapted)
     ddp_barrier()

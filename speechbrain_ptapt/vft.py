@@ -21,31 +21,20 @@ from speechbrain.utils.distributed import if_main_process
 from torch import nn
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.distributed import make_train_loader, with_ddp_options
-from speechbrain_ptapt.experiment import write_json
+from speechbrain_ptapt.dataio import (
+    check_labels,
+    duration_batch_sampler,
+    emotion_dataset,
+    inverse_prior_weights,
+    make_label_encoder,
+)
+from speechbrain_ptapt.experiment import read_json, write_json
+from speechbrain_ptapt.inference import masked_mean
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.metrics import classification_metrics
+from speechbrain_ptapt.training import StageBrain, with_default_precision
 
 logger = logging.getLogger(__name__)
-
-
-def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid frames of each utterance.
-
-    Arguments
-    ---------
-    hidden : torch.Tensor
-        (batch, frames, dim) frame representations.
-    frame_mask : torch.Tensor
-        (batch, frames) bool, True on valid frames (padding excluded).
-
-    Returns
-    -------
-    torch.Tensor
-        (batch, dim).
-    """
-    weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class EmotionClassifier(nn.Module):
@@ -88,7 +77,7 @@ class EmotionClassifier(nn.Module):
         return self.head(torch.relu(self.embed(wavs, wav_lens)))
 
 
-class VFTBrain(sb.Brain):
+class VFTBrain(StageBrain):
     """Fine-tunes an :class:`EmotionClassifier` (``modules.model``) for a fixed
     number of epochs, and evaluates the last model on the held-out fold.
 
@@ -125,6 +114,7 @@ class VFTBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the collected test predictions."""
+        super().on_stage_start(stage, epoch)
         if stage == sb.Stage.TEST:
             self.test_ids, self.test_targets, self.test_probs = [], [], []
 
@@ -177,39 +167,35 @@ class VFTBrain(sb.Brain):
 
 
 def train_loader_options(hparams: dict, train_set) -> dict:
-    """DataLoader options of the training set: ``train_dataloader_opts``, or with
-    ``dynamic_batching`` batches of about ``dynamic_batch_seconds`` seconds of
-    length-bucketed (cropped) audio instead of ``batch_size`` random utterances."""
-    from speechbrain_ptapt.dataio import duration_batch_sampler
+    """The training loader's options for ``Brain.fit`` (``train_loader_kwargs``).
 
+    ``train_dataloader_opts``, its ``shuffle`` as a ``ReproducibleRandomSampler``
+    seeded by ``run_seed`` (a new permutation every epoch, the same on every process;
+    SpeechBrain's own ``shuffle`` seeds from ``SB_GLOBAL_SEED``, and under DDP from 0)
+    and no shuffle as a ``SequentialSampler`` (SpeechBrain's DDP sampler would shuffle).
+    With ``dynamic_batching``: batches of at least ``dynamic_batch_seconds`` seconds of
+    (cropped) audio from ``dynamic_batch_buckets`` length buckets
+    (:class:`~speechbrain_ptapt.dataio.DurationBatchSampler`) instead of ``batch_size``
+    random utterances. Under DDP SpeechBrain gives each process its share of every
+    epoch. The loader gets a private generator: starting an epoch draws nothing from
+    the global random state, so a run resumed in the middle of an epoch draws the crops
+    and masks an uninterrupted one would.
+    """
     options = dict(hparams["train_dataloader_opts"])
-    if not hparams.get("dynamic_batching", False):
-        return options
-    sampler = duration_batch_sampler(
-        train_set,
-        hparams["dynamic_batch_seconds"],
-        hparams["max_train_seconds"],
-        hparams["dynamic_batch_buckets"],
-        seed=int(hparams["run_seed"]),
-    )
-    return {"batch_sampler": sampler, "num_workers": options.get("num_workers", 0)}
-
-
-def train_loader(brain: sb.Brain, hparams: dict, train_set) -> torch.utils.data.DataLoader:
-    """The training loader of a run (:func:`train_loader_options`). Shuffled batches
-    follow a permutation seeded by ``run_seed`` and the epoch, the same on every
-    process; under DDP each process loads its own share of every epoch
-    (:func:`speechbrain_ptapt.distributed.make_train_loader`)."""
-    options = train_loader_options(hparams, train_set)
-    if "batch_sampler" not in options:
-        if options.pop("shuffle", False):
-            options["sampler"] = ReproducibleRandomSampler(train_set, seed=int(hparams["run_seed"]))
-        else:
-            options["sampler"] = torch.utils.data.SequentialSampler(train_set)
-    # A private generator: starting an epoch draws nothing from the global random
-    # state, so a run resumed in the middle of an epoch draws the crops and masks an
-    # uninterrupted one would.
-    return make_train_loader(brain, train_set, generator=torch.Generator(), **options)
+    if hparams.get("dynamic_batching", False):
+        sampler = duration_batch_sampler(
+            train_set,
+            hparams["dynamic_batch_seconds"],
+            hparams["max_train_seconds"],
+            hparams["dynamic_batch_buckets"],
+            seed=int(hparams["run_seed"]),
+        )
+        options = {"batch_sampler": sampler, "num_workers": options.get("num_workers", 0)}
+    elif options.pop("shuffle", False):
+        options["sampler"] = ReproducibleRandomSampler(train_set, seed=int(hparams["run_seed"]))
+    else:
+        options["sampler"] = torch.utils.data.SequentialSampler(train_set)
+    return {**options, "generator": torch.Generator()}
 
 
 def fine_tune(
@@ -235,15 +221,6 @@ def fine_tune(
     dict
         ``fold``, ``seed``, ``ua``, ``wa``, ``macro_f1``, ``confusion``, ``classes``.
     """
-    from speechbrain_ptapt.dataio import (
-        check_labels,
-        emotion_dataset,
-        inverse_prior_weights,
-        make_label_encoder,
-    )
-    from speechbrain_ptapt.experiment import read_json
-    from speechbrain_ptapt.tapt import stage_run_options
-
     folder = Path(hparams["run_folder"])
     result_file = folder / "result.json"
     if result_file.is_file():
@@ -255,7 +232,13 @@ def fine_tune(
     hparams["class_weights"] = inverse_prior_weights(train_counts, classes)
     encoder = make_label_encoder(classes)
     sample_rate = hparams["sample_rate"]
-    train_set = emotion_dataset(train_manifest, encoder, sample_rate, hparams["max_train_seconds"])
+    train_set = emotion_dataset(
+        train_manifest,
+        encoder,
+        sample_rate,
+        hparams["max_train_seconds"],
+        crop=hparams["train_crop"],
+    )
     test_set = emotion_dataset(test_manifest, encoder, sample_rate, None, sort=True)
     if if_main_process():
         folder.mkdir(parents=True, exist_ok=True)
@@ -273,10 +256,14 @@ def fine_tune(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
-        run_opts=with_ddp_options(stage_run_options(run_opts), *hparams["modules"].values()),
+        run_opts=with_default_precision(run_opts),
         checkpointer=hparams["checkpointer"],
     )
-    brain.fit(hparams["epoch_counter"], train_loader(brain, hparams, train_set))
+    brain.fit(
+        hparams["epoch_counter"],
+        train_set,
+        train_loader_kwargs=train_loader_options(hparams, train_set),
+    )
     brain.evaluate(test_set, test_loader_kwargs=hparams["test_dataloader_opts"])
     result = {
         "fold": str(hparams["fold"]),

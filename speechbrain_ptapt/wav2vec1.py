@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechbrain_ptapt.errors import MissingFileError, PtaptError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -66,10 +68,28 @@ _LARGE_FEATURE_LAYERS: tuple[ConvLayerSpec, ...] = (
 )
 _LARGE_AGGREGATOR_LAYERS: tuple[ConvLayerSpec, ...] = tuple((512, k, 1) for k in range(2, 14))
 
+# fairseq's default for a checkpoint whose arguments lack ``conv_feature_layers``: the
+# Wav2VecConfig dataclass default (fairseq/models/wav2vec/wav2vec.py:55-60 at b8ea8a9b,
+# the commit FT-w2v2-ser's docker/Dockerfile:11 installs), which has three 1x1 layers where
+# the large model has two. Its other defaults of the fields modelled here are the large
+# model's values.
+_FAIRSEQ_DEFAULT_FEATURE_LAYERS: tuple[ConvLayerSpec, ...] = _LARGE_FEATURE_LAYERS + ((512, 1, 1),)
+
+# Names under which checkpoints saved before fairseq's renames store the architecture, task
+# and criterion, and their current names. fairseq rewrites them in the ``args`` of every
+# checkpoint it loads (fairseq/checkpoint_utils.py:500-514 at b8ea8a9b; HEAD 3d262bb,
+# lines 683-700, also renames kd_binary_cross_entropy). The released wav2vec_large.pt
+# stores task='speech_pretraining' (fairseq issues #3256, #3612).
+_FAIRSEQ_LEGACY_NAMES: dict[str, dict[str, str]] = {
+    "arch": {"audio_cpc": "wav2vec"},
+    "task": {"speech_pretraining": "audio_pretraining"},
+    "criterion": {"binary_cross_entropy": "wav2vec", "kd_binary_cross_entropy": "wav2vec"},
+}
+
 _ACTIVATIONS = ("relu", "gelu")
 
 
-class Wav2Vec1CheckpointError(RuntimeError):
+class Wav2Vec1CheckpointError(PtaptError, RuntimeError):
     """A wav2vec 1.0 checkpoint file cannot be read or does not fit the model."""
 
 
@@ -214,20 +234,35 @@ class Wav2Vec1Config:
     def from_fairseq_args(cls, args: Mapping[str, Any]) -> Wav2Vec1Config:
         """Build a config from the model arguments stored in a fairseq checkpoint.
 
+        Arguments that are absent (checkpoints from 2019 predate ``activation`` and
+        ``vq_type``) take fairseq's ``Wav2VecConfig`` defaults, as fairseq's loader does
+        (fairseq/dataclass/utils.py:214 at b8ea8a9b): the large model's values except
+        ``conv_feature_layers``, whose default has a third 1x1 layer.
+
         Arguments
         ---------
         args : mapping
             fairseq argument names to values (``vars(checkpoint["args"])`` or
-            ``checkpoint["cfg"]["model"]``). Arguments that are absent (older
-            checkpoints predate some of them) keep the large model's values.
+            ``checkpoint["cfg"]["model"]``), with the legacy names already upgraded
+            (``arch='audio_cpc'`` is accepted as ``'wav2vec'`` here too).
 
         Returns
         -------
         Wav2Vec1Config
+
+        Raises
+        ------
+        ValueError
+            The architecture is not wav2vec 1.0 (the message names the one found), or
+            uses a variant this module does not implement (vq-wav2vec, GRU aggregator).
         """
         arch = _unwrap(args.get("arch", args.get("_name")))
+        arch = _FAIRSEQ_LEGACY_NAMES["arch"].get(arch, arch) if isinstance(arch, str) else arch
         if arch is not None and arch != "wav2vec":
-            raise ValueError(f"model architecture is {arch!r}, not wav2vec 1.0 ('wav2vec')")
+            raise ValueError(
+                f"its model architecture is {arch!r}, not wav2vec 1.0 ('wav2vec', stored "
+                f"as 'audio_cpc' in checkpoints saved before fairseq renamed it)"
+            )
         for name, plain in (
             ("aggregator", "cnn"),
             ("vq_type", "none"),
@@ -258,7 +293,10 @@ class Wav2Vec1Config:
                 values[name] = bool(values[name])
         if "prediction_steps" in values:
             values["prediction_steps"] = int(values["prediction_steps"])
-        return replace(cls.wav2vec_large(), **values)
+        fairseq_defaults = replace(
+            cls.wav2vec_large(), conv_feature_layers=_FAIRSEQ_DEFAULT_FEATURE_LAYERS
+        )
+        return replace(fairseq_defaults, **values)
 
     @property
     def embed_dim(self) -> int:
@@ -786,11 +824,28 @@ def _as_mapping(obj: Any) -> dict[str, Any] | None:
     return None
 
 
+def _upgrade_legacy_names(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename a legacy arch/task/criterion in argparse-era ``args`` as fairseq does on load.
+
+    See :data:`_FAIRSEQ_LEGACY_NAMES`; other arguments are copied unchanged.
+    """
+    upgraded = dict(args)
+    for key, renames in _FAIRSEQ_LEGACY_NAMES.items():
+        value = _unwrap(upgraded.get(key))
+        if isinstance(value, str) and value in renames:
+            upgraded[key] = renames[value]
+    return upgraded
+
+
 def _model_args(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The model arguments of a fairseq checkpoint (``args``, else ``cfg["model"]``)."""
+    """The model arguments of a fairseq checkpoint (``args``, else ``cfg["model"]``).
+
+    As in fairseq's ``load_model_ensemble_and_task``, ``args`` wins when both exist;
+    its legacy names are upgraded (:func:`_upgrade_legacy_names`).
+    """
     args = _as_mapping(checkpoint.get("args"))
     if args is not None:
-        return args
+        return _upgrade_legacy_names(args)
     cfg = _as_mapping(checkpoint.get("cfg"))
     if cfg is not None and cfg.get("model") is not None:
         return _as_mapping(cfg["model"])
@@ -827,7 +882,11 @@ def load_wav2vec1(
     The file is a pickled dict with the model arguments (``args``, an
     ``argparse.Namespace``, or ``cfg``, an omegaconf config, in newer files) and the
     state dict (``model``). Classes from modules that are not installed (``fairseq.*``,
-    ``omegaconf.*``) unpickle as inert stand-ins. The architecture is read from the stored
+    ``omegaconf.*``) unpickle as inert stand-ins. As fairseq does on load, the names of
+    ``args`` saved before fairseq's renames are upgraded (``arch='audio_cpc'`` is
+    ``'wav2vec'``, ``task='speech_pretraining'`` is ``'audio_pretraining'``; the released
+    ``wav2vec_large.pt`` is such a file) and absent arguments take fairseq's defaults (see
+    :meth:`Wav2Vec1Config.from_fairseq_args`). The architecture is read from the stored
     arguments (the large model's when there are none) and the state dict must match it
     exactly: every weight of the file is used and every parameter is loaded. Unpickling
     can run code stored in the file: only load files from a trusted source.
@@ -849,16 +908,17 @@ def load_wav2vec1(
 
     Raises
     ------
-    FileNotFoundError
-        The file does not exist.
+    MissingFileError
+        The file does not exist (a ``FileNotFoundError``).
     Wav2Vec1CheckpointError
         The file cannot be unpickled (truncated or corrupted), is not a wav2vec 1.0
-        checkpoint, or its weights do not match the architecture (missing keys,
-        unexpected keys, wrong shapes; all are listed).
+        checkpoint (the message names the file and the architecture found), or its
+        weights do not match the architecture (missing keys, unexpected keys, wrong
+        shapes; all are listed).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"wav2vec 1.0 checkpoint not found: {path}. Download it from {WAV2VEC1_LARGE_URL}"
         )
     checkpoint = _read_checkpoint(path, map_location)
@@ -876,15 +936,7 @@ def load_wav2vec1(
             f"found {type(checkpoint).__name__})"
         )
     state_dict = {str(k): v for k, v in state_dict.items()}
-    if not any(k.startswith("feature_aggregator.") for k in state_dict) or not any(
-        k.startswith("feature_extractor.") for k in state_dict
-    ):
-        raise Wav2Vec1CheckpointError(
-            f"{path} is not a wav2vec 1.0 checkpoint: its state dict has no "
-            f"feature_extractor/feature_aggregator weights (keys: "
-            f"{_describe_keys(sorted(state_dict), limit=5)})"
-        )
-    try:
+    try:  # the stored architecture first, so a foreign checkpoint is named as such
         config = (
             Wav2Vec1Config.wav2vec_large()
             if args is None
@@ -894,6 +946,14 @@ def load_wav2vec1(
         raise Wav2Vec1CheckpointError(
             f"{path} is not a supported wav2vec 1.0 checkpoint: {err}"
         ) from err
+    if not any(k.startswith("feature_aggregator.") for k in state_dict) or not any(
+        k.startswith("feature_extractor.") for k in state_dict
+    ):
+        raise Wav2Vec1CheckpointError(
+            f"{path} is not a wav2vec 1.0 checkpoint: its state dict has no "
+            f"feature_extractor/feature_aggregator weights (keys: "
+            f"{_describe_keys(sorted(state_dict), limit=5)})"
+        )
 
     model = Wav2Vec1(config)
     expected = model.state_dict()
@@ -959,9 +1019,9 @@ def ensure_wav2vec1_checkpoint(
 
     Raises
     ------
-    FileNotFoundError
-        Nothing local and the download failed; the message says where to download the
-        file from and where to put it.
+    MissingFileError
+        Nothing local and the download failed (a ``FileNotFoundError``); the message
+        says where to download the file from and where to put it.
     """
     if path is not None and Path(path).is_file():
         return Path(path)
@@ -980,7 +1040,7 @@ def ensure_wav2vec1_checkpoint(
     except Exception as err:
         partial.unlink(missing_ok=True)
         requested = f"{path} does not exist and " if path is not None else ""
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No wav2vec 1.0 checkpoint: {requested}downloading {WAV2VEC1_LARGE_URL} failed "
             f"({type(err).__name__}: {err}). Download wav2vec_large.pt by hand from "
             f"{WAV2VEC1_LARGE_URL} and put it at {target}, or anywhere and set "

@@ -7,16 +7,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechbrain_ptapt.audio import AudioError, load_audio
-from speechbrain_ptapt.backbone import (
-    BackboneLoadError,
-    Wav2Vec2Backbone,
-    normalize_waveforms,
-    wav2vec2_frame_lengths,
-)
+from speechbrain_ptapt.backbone import BackboneLoadError, Wav2Vec2Backbone, wav2vec2_frame_lengths
 from speechbrain_ptapt.dataio import UnknownLabelError, check_labels, inverse_prior_weights
+from speechbrain_ptapt.inference import AudioError, load_audio, masked_mean, normalize_waveforms
 from speechbrain_ptapt.masking import ChannelMask, TimeMask
-from speechbrain_ptapt.vft import EmotionClassifier, masked_mean
+from speechbrain_ptapt.vft import EmotionClassifier
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,16 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from speechbrain.dataio.sampler import DistributedSamplerWrapper
 
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.distributed import (
-    RankShare,
-    needs_unused_parameter_search,
-    with_ddp_options,
-)
-from speechbrain_ptapt.tapt import BucketBatchSampler
+from speechbrain_ptapt.dataio import DurationBatchSampler
+from speechbrain_ptapt.distributed import needs_unused_parameter_search, resize_share
+from speechbrain_ptapt.training import StageBrain
 
 DRIVER = REPO / "tests" / "recipe_driver.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -125,23 +124,26 @@ def vft_ddp(iemocap_corpus, layerdrop_wav2vec2, tmp_path_factory):
 # ----------------------------------------------------------------------------
 
 
-def test_rank_shares_are_disjoint_equal_and_cover_every_element():
-    sampler = [[i, i + 1] for i in range(0, 14, 2)]  # 7 batches
-    shares = [list(RankShare(sampler, r, 3)) for r in range(3)]
-    assert [len(s) for s in shares] == [3, 3, 3]
-    assert [len(RankShare(sampler, r, 3)) for r in range(3)] == [3, 3, 3]
-    flat = [tuple(b) for s in shares for b in s]
-    assert set(flat) == {tuple(b) for b in sampler}
-    assert len(flat) - len(set(flat)) == 2  # the padding: 9 places for 7 batches
-    assert list(RankShare(sampler, 0, 1)) == sampler
-
-
-def test_rank_share_forwards_the_epoch():
-    batches = BucketBatchSampler([1.0] * 10, batch_size=2, num_batches=4, seed=3)
-    share = RankShare(batches, 1, 2)
-    share.set_epoch(5)
-    assert batches.epoch == 5
-    assert list(share) == list(batches)[1::2]
+def test_shares_of_batches_by_duration_follow_each_epochs_number_of_batches():
+    """SpeechBrain's DistributedSamplerWrapper sizes the shares from the first epoch's
+    number of batches; batches by duration have another number in other epochs."""
+    durations = np.random.default_rng(1).uniform(0.5, 3.0, size=60)
+    sampler = DurationBatchSampler(durations, batch_seconds=4.0, num_buckets=4, seed=1)
+    lengths = {epoch: len(sampler.epoch_batches(epoch)) for epoch in range(1, 8)}
+    assert lengths[1] == len(sampler) + 1 and lengths[6] == len(sampler) - 1  # 22 at epoch 0
+    longer = 1
+    shares = [DistributedSamplerWrapper(sampler, num_replicas=2, rank=r) for r in (0, 1)]
+    shares[0].set_epoch(longer)
+    with pytest.raises(AssertionError):
+        list(shares[0])  # SpeechBrain's wrapper alone
+    for epoch in (longer, next(e for e, n in lengths.items() if n < lengths[longer])):
+        for share in shares:
+            resize_share(share, epoch)
+        got = [[tuple(b) for b in share] for share in shares]
+        batches = {tuple(b) for b in sampler.epoch_batches(epoch)}
+        assert len(got[0]) == len(got[1]) == math.ceil(len(batches) / 2)  # same steps
+        assert set(got[0]) | set(got[1]) == batches  # every batch of the epoch
+        assert len(set(got[0]) & set(got[1])) == len(batches) % 2  # padding only
 
 
 def test_unused_parameter_search_is_asked_for_wav2vec2_stages_only(
@@ -149,13 +151,15 @@ def test_unused_parameter_search_is_asked_for_wav2vec2_stages_only(
 ):
     masked = Wav2Vec2Backbone(str(tiny_wav2vec2), freeze_mask_embedding=False)
     assert needs_unused_parameter_search(masked)
-    assert with_ddp_options({"device": "cpu"}, masked)["find_unused_parameters"] is True
+    brain = StageBrain(modules={"model": masked}, run_opts={"device": "cpu"})
+    assert brain.find_unused_parameters is True
     frozen = Wav2Vec2Backbone(str(tiny_wav2vec2))  # fine-tuning: mask embedding frozen
     assert not needs_unused_parameter_search(frozen)
     layerdrop = Wav2Vec2Backbone(str(layerdrop_wav2vec2))
     assert needs_unused_parameter_search(layerdrop)
     assert not needs_unused_parameter_search(torch.nn.LSTM(4, 4))
-    assert "find_unused_parameters" not in with_ddp_options({}, torch.nn.Linear(2, 2))
+    brain = StageBrain(modules={"model": torch.nn.Linear(2, 2)}, run_opts={"device": "cpu"})
+    assert brain.find_unused_parameters is False
 
 
 # ----------------------------------------------------------------------------

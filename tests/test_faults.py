@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -21,9 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_recipe_script
 
 from speechbrain_ptapt.checkpointing import CONTENTS_FILE, Checkpointer
+from speechbrain_ptapt.errors import UnreadableCheckpointError
+from speechbrain_ptapt.synthetic import make_iemocap
+from speechbrain_ptapt.vft import VFTBrain
 
 DRIVER = REPO / "tests" / "recipe_driver.py"
 
@@ -40,7 +45,7 @@ METHODS = {
     # a checkpoint after every batch: kills land in the middle of an epoch
     "vft": ["--number_of_epochs=2", "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1"],
     "tapt": [
-        "--number_of_epochs=1", "--tapt_steps=12", "--tapt_batch_size=8",
+        "--number_of_epochs=1", "--tapt_steps=12", "--tapt_batch_seconds=8",
         "--tapt_ckpt_interval_steps=3", "--tapt_max_seconds=1.0", "--warmup_steps=2",
     ],
     "ptapt": [
@@ -176,6 +181,132 @@ def test_unfinished_checkpoint_folders_are_ignored_and_cleaned(tmp_path):
     assert not staging.exists() and not half_deleted.exists()
     assert checkpointer.find_checkpoint().path == newer.path
     assert not staged_checkpoints(tmp_path)
+
+
+def _truncate(path: Path) -> None:
+    """Cuts a file to half its bytes, as a full disk or a bad copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_unreadable_checkpoint_files_are_skipped_for_the_newest_readable_one(tmp_path, caplog):
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path, {"model": model})
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    older = checkpointer.save_checkpoint(meta={"n": 1})
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    newer = checkpointer.save_checkpoint(meta={"n": 2})
+    saved = (newer.path / "model.ckpt").read_bytes()
+
+    for damage, reason in [
+        (_truncate, "is truncated or corrupt"),
+        (lambda p: p.write_bytes(b"\x00" * len(saved)), "starts with zero bytes"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+    ]:
+        (newer.path / "model.ckpt").write_bytes(saved)
+        damage(newer.path / "model.ckpt")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="speechbrain_ptapt.checkpointing"):
+            recovered = checkpointer.recover_if_possible()
+        assert recovered.path == older.path and torch.all(model.weight == 1.0)
+        assert f"Skipping the checkpoint {newer.path}: its file model.ckpt {reason}" in (
+            caplog.text
+        )
+
+    # A bad copy: same size, one flipped byte in the weights (six float32 2.0).
+    flipped = bytearray(saved)
+    flipped[saved.index(struct.pack("<6f", *[2.0] * 6)) + 1] ^= 0xFF
+    (newer.path / "model.ckpt").write_bytes(bytes(flipped))
+    assert checkpointer.recover_if_possible().path == older.path
+
+    # None readable: one message naming the newest's file and the folders to delete.
+    _truncate(older.path / "model.ckpt")
+    with pytest.raises(UnreadableCheckpointError) as error:
+        checkpointer.recover_if_possible()
+    message = str(error.value)
+    assert "\n" not in message and str(newer.path / "model.ckpt") in message
+    assert f"Delete {newer.path}, {older.path} and run the command again" in message
+    assert older.path.is_dir() and newer.path.is_dir()
+
+    # A checkpoint whose meta file is cut short is not listed at all.
+    (older.path / "model.ckpt").unlink()
+    (newer.path / "model.ckpt").write_bytes(saved)
+    (older.path / "CKPT.yaml").write_text("end-of-epoch: true\nunixtime: [1")
+    assert [c.path for c in checkpointer.list_checkpoints()] == [newer.path]
+
+
+class Interrupted(RuntimeError):
+    """Stands for a job killed in the middle of a run."""
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    """Two sessions of a few short turns: fold 1 trains on a handful of utterances."""
+    return make_iemocap(
+        tmp_path_factory.mktemp("small_iemocap"), sessions=(1, 2), dialogs_per_session=2,
+        turns_per_dialog=4, min_seconds=0.4, max_seconds=0.8, junk=False,
+    ).root
+
+
+def _vft(corpus: Path, model: Path, out: Path, monkeypatch) -> None:
+    """A two-epoch V-FT run of fold 1, in this process, a checkpoint after every batch."""
+    args = [
+        "hparams/vft.yaml", f"--data_folder={corpus}", f"--output_folder={out}",
+        f"--wav2vec2_hub={model}", "--folds=[1]", "--runs=1", "--number_of_epochs=2",
+        "--batch_size=2", "--lr=0.003", "--channel_mask_length=8", "--device=cpu",
+        "--noprogressbar", "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1",
+    ]
+    with monkeypatch.context() as m:
+        run_recipe_script(REPO / "recipes" / "IEMOCAP" / "train_vft.py", args, m)
+
+
+def test_vft_with_a_truncated_last_checkpoint_resumes_from_the_previous_one(
+    small_corpus, tiny_wav2vec2, tmp_path, monkeypatch
+):
+    reference = tmp_path / "reference"
+    _vft(small_corpus, tiny_wav2vec2, reference, monkeypatch)
+
+    out = tmp_path / "out"
+    original_end = VFTBrain.on_fit_batch_end
+
+    def crash(self, batch, outputs, loss, should_step):
+        original_end(self, batch, outputs, loss, should_step)
+        if self.hparams.epoch_counter.current == 2 and self.step == 2:
+            raise Interrupted
+
+    with monkeypatch.context() as m:
+        m.setattr(VFTBrain, "on_fit_batch_end", crash)
+        with pytest.raises(Interrupted):
+            _vft(small_corpus, tiny_wav2vec2, out, monkeypatch)
+    run = out / "fold_1" / "seed_1986"
+    # The end of epoch 1 and a checkpoint in epoch 2.
+    newest, previous = Checkpointer(run / "save").find_checkpoints()
+    assert previous.meta["epoch"] == 1 and "epoch" not in newest.meta
+
+    # Every checkpoint unreadable: one line, exit status 1, nothing deleted.
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    for checkpoint in (newest, previous):
+        _truncate(bad / checkpoint.path.relative_to(out) / "model.ckpt")
+    with pytest.raises(SystemExit) as exited:
+        _vft(small_corpus, tiny_wav2vec2, bad, monkeypatch)
+    message = exited.value.code
+    assert message.startswith("error: Cannot resume from the checkpoints in ")
+    assert str(bad / newest.path.relative_to(out) / "model.ckpt") in message
+    assert len(list((bad / "fold_1" / "seed_1986" / "save").glob("CKPT+*"))) == 2
+
+    _truncate(newest.path / "model.ckpt")
+    _vft(small_corpus, tiny_wav2vec2, out, monkeypatch)
+    skipped = f"Skipping the checkpoint {newest.path}: its file model.ckpt is truncated"
+    assert skipped in (out / "log.txt").read_text()  # the experiment's log
+    # Resumed after epoch 1 (logged once), and the run's predictions are the
+    # uninterrupted run's.
+    log = (run / "train_log.txt").read_text().splitlines()
+    assert [line.split(" - ")[0] for line in log] == ["epoch: 1", "epoch: 2", "test: last model"]
+    predictions = (run / "predictions.csv").read_text()
+    assert predictions == (reference / "fold_1" / "seed_1986" / "predictions.csv").read_text()
 
 
 # ----------------------------------------------------------------------------

@@ -14,11 +14,14 @@ from typing import Any
 import pytest
 import speechbrain as sb
 import torch
+from speechbrain.utils.checkpoints import Checkpoint
 from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt import frame_emotion
 from speechbrain_ptapt.backbone import wav2vec2_frame_lengths
+from speechbrain_ptapt.checkpointing import Checkpointer
 from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
+from speechbrain_ptapt.errors import StageSettingsError
 from speechbrain_ptapt.experiment import load_hparams, read_json, write_json
 from speechbrain_ptapt.frame_emotion import (
     FrameEmotionBrain,
@@ -337,17 +340,130 @@ def test_final_model_is_the_best_validated_step(finished_stage: FinishedStage) -
     record = read_json(finished_stage.final / "frame_model.json")
     log = (finished_stage.frame_folder / "train_log.txt").read_text()
     logged = {
-        int(step): float(ua)
-        for step, ua in re.findall(r"optimizer_step: (\d+), .*valid ua: ([0-9.e+-]+)", log)
+        int(step): float(loss)
+        for step, loss in re.findall(r"optimizer_step: (\d+), .*valid loss: ([0-9.e+-]+)", log)
     }
     assert sorted(logged) == [4, 8]
     selected = record["selected"]
-    assert selected["ua"] == pytest.approx(max(logged.values()), abs=1e-3)
-    assert logged[selected["optimizer_step"]] == pytest.approx(max(logged.values()), abs=1e-3)
+    assert record["select_by"] == "valid_loss"
+    assert selected["loss"] == pytest.approx(min(logged.values()), rel=1e-2)
+    assert logged[selected["optimizer_step"]] == pytest.approx(min(logged.values()), rel=1e-2)
     assert record["optimizer_steps"] == 8
     assert record["architecture"]["frame_encoder"] == "wav2vec1"
     model = load_frame_model(finished_stage.final)
     assert model.feature_dim == 32 and model.n_classes == len(CLASSES)
+
+
+def test_by_default_the_lowest_loss_of_one_validation_per_epoch_is_kept(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # 18 training utterances of 4 per step: an epoch is 4 steps; 6 utterances validate.
+    overrides = stage_overrides(workspace, tmp_path, frame_steps=10, frame_valid_ratio=0.25)
+    del overrides["frame_valid_every"]  # the yaml's default
+    validations: list[tuple[int, dict[str, float]]] = []
+    valid_batches: list[tuple[list[str], list[int], int, list[float]]] = []
+    pending = {"loss": 0.0, "utterances": 0}
+    forward, objectives = FrameEmotionBrain.compute_forward, FrameEmotionBrain.compute_objectives
+    stage_end, model_forward = FrameEmotionBrain.on_stage_end, FrameEmotionModel.forward
+    saved: list[int] = []
+    save = Checkpointer.save_and_keep_only
+
+    def recording_save(self, *args, **kwargs):
+        if "ua" in kwargs.get("meta", {}):
+            saved.append(kwargs["meta"]["optimizer_step"])
+        return save(self, *args, **kwargs)
+
+    def recording_forward(self, batch, stage):
+        if stage != sb.Stage.TRAIN:
+            wavs, wav_lens = batch.sig
+            lengths = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+            valid_batches.append((list(batch.id), lengths, -1, []))
+        return forward(self, batch, stage)
+
+    def recording_model(self, wavs, wav_lens=None):
+        if not self.training:  # what a validation batch feeds the model
+            ids, lengths, _, _ = valid_batches[-1]
+            valid_batches[-1] = (ids, lengths, wavs.shape[1], wav_lens.tolist())
+        return model_forward(self, wavs, wav_lens)
+
+    def recording_objectives(self, predictions, batch, stage):
+        loss = objectives(self, predictions, batch, stage)
+        if stage != sb.Stage.TRAIN:
+            pending["loss"] += float(loss) * len(batch.id)
+            pending["utterances"] += len(batch.id)
+        return loss
+
+    def ua_rising_with_the_loss(targets, predictions, n_classes):
+        # The validation UA made to grow with the loss: the best UA is the worst loss.
+        ua = pending["loss"] / pending["utterances"]
+        pending.update(loss=0.0, utterances=0)
+        return {"ua": ua, "wa": ua}
+
+    def recording_end(self, stage, stage_loss, epoch=None):
+        stage_end(self, stage, stage_loss, epoch)
+        if stage == sb.Stage.VALID:
+            validations.append((int(self.optimizer_step), dict(self.valid_stats)))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FrameEmotionBrain, "compute_forward", recording_forward)
+        patch.setattr(FrameEmotionBrain, "compute_objectives", recording_objectives)
+        patch.setattr(FrameEmotionBrain, "on_stage_end", recording_end)
+        patch.setattr(FrameEmotionModel, "forward", recording_model)
+        patch.setattr(Checkpointer, "save_and_keep_only", recording_save)
+        patch.setattr(frame_emotion, "classification_metrics", ua_rising_with_the_loss)
+        final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+
+    train_part = final.parent / "train_split.json"
+    epoch_steps = len(manifest_ids(train_part)) // overrides["frame_batch_size"]
+    assert epoch_steps == 4
+    # Once per epoch (a pass over the training part), and after the last, partial one.
+    assert [step for step, _ in validations] == [4, 8, 10]
+    # Validation batches of frame_valid_batch_size utterances in the same order every
+    # epoch, cropped to the shortest like training batches.
+    per_epoch = len(valid_batches) // len(validations)
+    assert [len(ids) for ids, *_ in valid_batches[:per_epoch]] == [4, 2]
+    assert all(
+        ids == valid_batches[i % per_epoch][0] for i, (ids, *_) in enumerate(valid_batches)
+    )
+    for ids, lengths, samples, wav_lens in valid_batches:
+        assert samples == min(lengths) and wav_lens == [1.0] * len(ids)
+    # The kept checkpoint has the lowest validation loss (averaged over utterances),
+    # here also the lowest UA.
+    losses = {step: stats["loss"] for step, stats in validations}
+    for _, stats in validations:
+        assert stats["loss"] == pytest.approx(stats["ua"], rel=1e-6)
+    assert len(set(losses.values())) == len(losses)
+    record = read_json(final / "frame_model.json")
+    assert record["select_by"] == "valid_loss"
+    assert record["selected"]["optimizer_step"] == min(losses, key=losses.get)
+    assert record["selected"]["loss"] == pytest.approx(min(losses.values()))
+    assert record["settings"]["frame_valid_every"] == "epoch"
+    # As the authors' ModelCheckpoint(save_top_k=1), a validation is saved only when it
+    # improves on the saved ones, plus the last one (the finished stage).
+    improving = [s for s in losses if all(losses[s] < losses[t] for t in losses if t < s)]
+    assert saved == sorted({*improving, 10})
+
+
+def test_frame_select_by_valid_ua_keeps_the_best_ua() -> None:
+    checkpoints = [
+        Checkpoint(Path(f"ckpt{i}"), {"optimizer_step": step, "loss": loss, "ua": ua}, {})
+        for i, (step, loss, ua) in enumerate([(4, 0.9, 0.7), (8, 0.5, 0.4), (12, 0.7, 0.7)])
+    ]
+    by_loss = max(checkpoints, key=frame_emotion.selection_rank("valid_loss"))
+    by_ua = max(checkpoints, key=frame_emotion.selection_rank("valid_ua"))
+    assert by_loss.meta["optimizer_step"] == 8
+    assert by_ua.meta["optimizer_step"] == 4  # the earlier of equal UA
+    with pytest.raises(ValueError, match="frame_select_by"):
+        frame_emotion.selection_rank("valid_wa")
+
+
+def test_validation_is_after_every_epoch_or_every_number_of_steps() -> None:
+    every = frame_emotion.validation_every_steps
+    assert every("epoch") is None  # SpeechBrain's validation after every epoch (a pass)
+    assert every(100) == 100
+    for wrong in ("step", 0, 2.5, True):
+        with pytest.raises(ValueError, match="frame_valid_every"):
+            every(wrong)
 
 
 def test_finished_stage_is_skipped_on_rerun(
@@ -365,17 +481,29 @@ def test_finished_stage_is_skipped_on_rerun(
     assert (final / "frame_model.ckpt").stat().st_mtime_ns == before
 
 
-def test_stage_is_recomputed_when_the_training_manifest_changes(
+def test_a_stage_of_another_training_manifest_is_refused_then_recomputed_once_deleted(
     workspace: Workspace, finished_stage: FinishedStage, tmp_path: Path
 ) -> None:
     output = tmp_path / "changed"
     shutil.copytree(finished_stage.frame_folder.parent.parent, output)
+    frame_folder = output / finished_stage.frame_folder.relative_to(
+        finished_stage.frame_folder.parent.parent
+    )
     old = read_json(finished_stage.final / "frame_model.json")["settings"]
     train = read_json(workspace.manifests["train"])
     del train[sorted(train)[0]]
     changed = {"train": tmp_path / "train.json", "test": workspace.manifests["test"]}
     write_json(changed["train"], train)
     overrides = {**finished_stage.overrides, "output_folder": str(output)}
+    # A trained stage is never retrained over, nor deleted, behind the user's back.
+    before = {p: p.stat().st_mtime_ns for p in frame_folder.rglob("*") if p.is_file()}
+    with pytest.raises(StageSettingsError) as refused:
+        run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, changed)
+    message = str(refused.value)
+    assert "train_manifest" in message and f"delete {frame_folder} " in message
+    assert {p: p.stat().st_mtime_ns for p in frame_folder.rglob("*") if p.is_file()} == before
+    # Deleted as the message says: trained again, on the new manifest.
+    shutil.rmtree(frame_folder)
     final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, changed)
     new = read_json(final / "frame_model.json")["settings"]
     assert new["train_manifest"] != old["train_manifest"]
@@ -411,16 +539,17 @@ def test_phase_1_batches_by_duration_when_frame_batch_seconds_is_set(
     train = read_json(workspace.manifests["train"])
     durations = {key: float(item["duration"]) for key, item in train.items()}
     for ids, samples in batches:
-        # crops of at most frame_max_seconds, counted toward the budget
+        # crops of at most frame_max_seconds, counted toward the budget: at least
+        # the budget, reached with the batch's last utterance
         assert samples <= crop * 16000
-        assert sum(min(durations[i], crop) for i in ids) <= budget + 1e-9
-    assert max(len(ids) for ids, _ in batches) <= budget / min(durations.values())
+        crops = [min(durations[i], crop) for i in ids]
+        assert sum(crops) >= budget - 1e-9 and sum(crops[:-1]) < budget
     settings = read_json(final / "frame_model.json")["settings"]
     assert (settings["frame_batch_seconds"], settings["frame_max_seconds"]) == (budget, crop)
     assert settings["frame_num_buckets"] == num_buckets
-    # unset (null), they stay out of the fingerprint of the default stage
+    # unset (null) in the default stage's fingerprint: every setting is recorded
     default = read_json(finished_stage.final / "frame_model.json")["settings"]
-    assert not {"frame_batch_seconds", "frame_max_seconds", "frame_num_buckets"} & set(default)
+    assert (default["frame_batch_seconds"], default["frame_max_seconds"]) == (None, None)
 
 
 class Interrupted(Exception):
@@ -499,9 +628,36 @@ def test_yaml_defaults_follow_the_paper(tmp_path: Path) -> None:
     assert (hparams["frame_steps"], hparams["frame_batch_size"]) == (10000, 64)
     assert hparams["frame_lr"] == 1e-4 and hparams["frame_warmup_steps"] == 500
     assert hparams["frame_flat_fraction"] == 0.05 and hparams["frame_valid_ratio"] == 0.1
+    assert (hparams["frame_valid_every"], hparams["frame_select_by"]) == ("epoch", "valid_loss")
+    assert (hparams["frame_valid_crop"], hparams["frame_valid_batch_size"]) == ("shortest", 64)
     time_mask, channel_mask = hparams["frame_time_mask"], hparams["frame_channel_mask"]
     assert (time_mask.prob, time_mask.length, time_mask.min_masks) == (0.08, 15, 2)
     assert (channel_mask.prob, channel_mask.length, channel_mask.min_masks) == (0.05, 64, 1)
     assert (hparams["frame_feature_dim"], hparams["frame_lstm_dim"]) == (512, 512)
     assert hparams["frame_head_dim"] == 128
     assert Path(hparams["frame_folder"]) == tmp_path / "fold_1" / "frame_emotion"
+
+
+@pytest.mark.parametrize("dataset", ["IEMOCAP", "SAVEE"])
+def test_recipe_options_of_validation_selection_and_kmeans_fitting_are_checked(
+    dataset: str,
+) -> None:
+    from speechbrain_ptapt.hparams_check import HparamsError, check_overrides, yaml_defaults
+
+    yaml = Path(__file__).parents[1] / "recipes" / dataset / "hparams" / "ptapt.yaml"
+    good = {"frame_valid_every": 100, "frame_select_by": "valid_ua", "frame_valid_crop": "none"}
+    check_overrides(yaml, {"data_folder": "/data", **good, "kmeans_fit_set": "per_k"})
+    check_overrides(yaml, {"data_folder": "/data", "frame_valid_every": "epoch"})
+    bad = [
+        ("frame_valid_every", "pass", "epoch or an integer"),
+        ("frame_valid_every", 0, "epoch or an integer"),
+        ("frame_select_by", "valid_wa", "valid_loss, valid_ua"),
+        ("frame_valid_crop", "longest", "shortest, none"),
+        ("kmeans_fit_set", "each", "shared, per_k"),
+    ]
+    for key, value, expected in bad:
+        with pytest.raises(HparamsError, match=expected):
+            check_overrides(yaml, {"data_folder": "/data", key: value})
+    defaults = yaml_defaults(yaml)
+    assert (defaults["frame_valid_every"], defaults["frame_select_by"]) == ("epoch", "valid_loss")
+    assert (defaults["frame_valid_crop"], defaults["kmeans_fit_set"]) == ("shortest", "shared")

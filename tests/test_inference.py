@@ -4,6 +4,7 @@ the recipe's own test predictions."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -18,7 +19,7 @@ import soundfile as sf
 import torch
 from conftest import IEMOCAP_RECIPES, TINY_VFT_OVERRIDES, run_recipe_script
 
-from speechbrain_ptapt import export
+from speechbrain_ptapt import export, inference
 from speechbrain_ptapt.inference import EmotionRecognizer, chunk_bounds
 
 CLASSES = ["neu", "hap", "sad", "ang"]
@@ -254,10 +255,25 @@ def test_exported_folder_is_self_contained(model_folder, vft_fold):
     code = [line for line in hparams.splitlines() if not line.lstrip().startswith("#")]
     assert not any("speechbrain_ptapt" in line or str(vft_fold.parent) in line for line in code)
     interface = (model_folder / "custom_interface.py").read_text()
-    assert "import speechbrain_ptapt" not in interface
-    assert "from speechbrain_ptapt" not in interface
+    assert interface == Path(inference.__file__).read_text()  # copied verbatim
     run_encoder = (vft_fold / "seed_1986" / "label_encoder.txt").read_text()
     assert (model_folder / "label_encoder.txt").read_text() == run_encoder
+
+
+def test_the_inference_module_imports_no_module_of_this_package():
+    """It is the exported custom_interface.py: stock SpeechBrain must load it alone."""
+    allowed = {"__future__", "pathlib", "numpy", "soundfile", "torch", "torchaudio"}
+    allowed |= {"speechbrain", "transformers"}
+    tree = ast.parse(Path(inference.__file__).read_text())
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for name in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+    }
+    assert imported <= allowed, imported - allowed
 
 
 def test_export_needs_a_run_choice_when_a_fold_has_several(vft_fold, tmp_path):

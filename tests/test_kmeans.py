@@ -10,7 +10,13 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from speechbrain_ptapt.kmeans import KMeansResult, _accumulate, assign_clusters, fit_kmeans
+from speechbrain_ptapt.kmeans import (
+    KMeansResult,
+    KMeansSettings,
+    _accumulate,
+    assign_clusters,
+    fit_kmeans,
+)
 
 
 def _blobs(
@@ -201,6 +207,27 @@ def test_large_subsample_is_read_chunk_by_chunk() -> None:
     assert np.array_equal(a.centroids, b.centroids)
 
 
+def test_given_rows_are_the_fitting_set(tmp_path: Path) -> None:
+    points = _random_points(n=2000, dim=8)
+    np.save(tmp_path / "points.npy", points)
+    mapped = np.load(tmp_path / "points.npy", mmap_mode="r")
+    rng = np.random.default_rng(0)
+    for size in (300, 1500):  # gathered once / chunk by chunk at every pass (> 1/4 of rows)
+        rows = np.sort(rng.choice(2000, size=size, replace=False))
+        subset = fit_kmeans(points[rows], 6, seed=1, device="cpu", chunk_size=256)
+        # order and repeats of the ids do not matter; a memmap is read in place
+        shuffled = np.concatenate([rows[::-1], rows[:10]])
+        given = fit_kmeans(mapped, 6, seed=1, device="cpu", chunk_size=256, rows=shuffled)
+        assert np.array_equal(given.centroids, subset.centroids), size
+        assert given.inertia == subset.inertia
+    every = fit_kmeans(points, 6, seed=1, device="cpu", rows=torch.arange(2000))
+    assert np.array_equal(every.centroids, fit_kmeans(points, 6, seed=1, device="cpu").centroids)
+    with pytest.raises(ValueError, match="not both"):
+        fit_kmeans(points, 6, device="cpu", rows=rows, max_points=100)
+    with pytest.raises(ValueError, match="row ids"):
+        fit_kmeans(points, 6, device="cpu", rows=np.array([0, 2000]))
+
+
 def test_one_hot_accumulation_matches_index_add() -> None:
     generator = torch.Generator().manual_seed(0)
     chunk = torch.randn(500, 7, generator=generator)
@@ -236,3 +263,12 @@ def test_invalid_arguments() -> None:
         assign_clusters(points, np.zeros((2, 4), dtype=np.float32), device="cpu")
     with pytest.raises(TypeError):
         fit_kmeans(points.tolist(), 2, device="cpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("iterations", 0), ("points_per_cluster", 0), ("init", "kmeans++"), ("fit_set", "each")],
+)
+def test_kmeans_settings_refuse_invalid_values(field, value):
+    with pytest.raises(ValueError, match=field.replace("_", ".")):
+        KMeansSettings(**{field: value})

@@ -1,7 +1,11 @@
-"""SpeechBrain's ``--precision=bf16`` through the recipes on the CPU: every training
+"""Precision of the training stages.
+
+SpeechBrain's ``--precision=bf16`` through the recipes on the CPU: every training
 Brain (V-FT, TAPT, P-TAPT phase 1 and phase 2) runs its forward pass under bf16
 autocast, evaluation stays fp32 (``--eval_precision`` default) and the runs finish
-with finite results."""
+with finite results. On a CUDA device the stages default to the authors' fp16 AMP
+unless ``--precision`` says otherwise; the CPU stays fp32 (checked on the resolved
+run options, no GPU needed)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from speechbrain_ptapt.frame_emotion import FrameEmotionBrain
 from speechbrain_ptapt.ptapt import PTAPTBrain
 from speechbrain_ptapt.synthetic import make_iemocap
 from speechbrain_ptapt.tapt import TAPTBrain
+from speechbrain_ptapt.training import with_default_precision
 from speechbrain_ptapt.vft import VFTBrain
 
 BRAINS = (VFTBrain, TAPTBrain, PTAPTBrain, FrameEmotionBrain)
@@ -78,7 +83,9 @@ def test_bf16_runs_tapt_and_fine_tuning_under_autocast(
     corpus, tiny_wav2vec2, tmp_path, monkeypatch
 ):
     out = tmp_path / "tapt"
-    extra = ["--tapt_steps=2", "--tapt_batch_size=4", "--tapt_max_seconds=1.0", "--warmup_steps=1"]
+    extra = [
+        "--tapt_steps=2", "--tapt_batch_seconds=4", "--tapt_max_seconds=1.0", "--warmup_steps=1"
+    ]
     seen = _run("tapt", corpus, tiny_wav2vec2, out, extra, monkeypatch)
     _check(seen, "TAPTBrain")
     _check(seen, "VFTBrain")
@@ -100,3 +107,44 @@ def test_bf16_runs_both_ptapt_phases_under_autocast(corpus, tiny_wav2vec2, tmp_p
         _check(seen, brain)
     _finite_result(out)
     assert (out / "fold_2" / "ptapt" / "adapted_wav2vec2" / "config.json").is_file()
+
+
+def _resolved(argv: list[str], monkeypatch, inferred: str = "cpu") -> sb.core.RunOptions:
+    """The run options every stage's Brain gets from a command line, on a machine
+    where SpeechBrain would pick ``inferred`` when no --device is given."""
+    monkeypatch.setattr(sb.utils.distributed, "infer_device", lambda: inferred)
+    _, run_opts, _ = sb.parse_arguments(["hparams/vft.yaml", *argv, "--max_grad_norm=5.0"])
+    return with_default_precision(run_opts)
+
+
+@pytest.mark.parametrize(
+    ("argv", "inferred", "expected"),
+    [
+        (["--device=cuda:0"], "cpu", ("fp16", "fp16")),  # the authors' fp16 AMP
+        ([], "cuda:0", ("fp16", "fp16")),  # no --device: SpeechBrain's pick
+        (["--device=cpu"], "cuda:0", ("fp32", "fp32")),
+        ([], "cpu", ("fp32", "fp32")),
+        (["--device=cuda:0", "--precision=fp32"], "cpu", ("fp32", "fp32")),
+        (["--device=cuda:0", "--precision=bf16"], "cpu", ("bf16", "bf16")),
+        (["--device=cuda:1", "--eval_precision=fp32"], "cpu", ("fp16", "fp32")),
+        (["--device=cpu", "--precision=bf16"], "cpu", ("bf16", "fp32")),
+    ],
+)
+def test_cuda_defaults_to_the_authors_fp16_unless_precision_is_given(
+    argv, inferred, expected, monkeypatch
+):
+    options = _resolved(argv, monkeypatch, inferred)
+    assert options.max_grad_norm == 5.0  # the user's other options stay
+    assert (options.precision, options.eval_precision) == expected
+    if expected[0] != "fp32":  # given or added: a precision in a Brain's hparams never wins
+        assert "precision" in options.overridden_args
+
+
+def test_default_precision_keeps_a_dict_of_run_options_a_dict(monkeypatch):
+    monkeypatch.setattr(sb.utils.distributed, "infer_device", lambda: "cpu")
+    assert with_default_precision({"device": "cpu"}) == {"device": "cpu"}
+    assert with_default_precision({"device": "cuda:0", "eval_precision": "fp32"}) == {
+        "device": "cuda:0", "eval_precision": "fp32", "precision": "fp16"
+    }
+    assert with_default_precision(None) == {}
+

@@ -26,17 +26,16 @@ from torch import nn
 from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt import pseudo_labels
-from speechbrain_ptapt.audio import load_audio
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone
 from speechbrain_ptapt.iemocap import prepare_iemocap
-from speechbrain_ptapt.kmeans import assign_clusters
+from speechbrain_ptapt.inference import load_audio
+from speechbrain_ptapt.kmeans import KMeansSettings, assign_clusters, fit_kmeans
 from speechbrain_ptapt.pseudo_labels import (
     IGNORE_INDEX,
     FeatureDump,
     PseudoLabelMismatchError,
     PseudoLabelStore,
     backbone_frame_counts,
-    cluster_labels_pipeline,
     cropped_audio_with_labels,
     dump_features,
     fit_codebooks,
@@ -148,7 +147,7 @@ def odd_labels(tmp_path_factory, odd_manifest, config) -> tuple[Path, FeatureDum
     """Labels (K = 2, 3) of the odd-length utterances from the 480-sample stand-in."""
     out = tmp_path_factory.mktemp("odd_labels")
     dump = dump_features(StandInFrameModel(window=480), odd_manifest, out / "features")
-    codebooks = fit_codebooks(dump, [2, 3], n_iter=5, seed=0, out_folder=out)
+    codebooks = fit_codebooks(dump, [2, 3], KMeansSettings(iterations=5), out_folder=out)
     write_labels(dump, codebooks, out, config)
     return out, dump
 
@@ -181,7 +180,7 @@ def test_labels_are_the_phase1_clusters_padded_or_trimmed_to_wav2vec2_frames(
     expected_phase1 = [max((n - window) // HOP + 1, 0) for n in ODD_LENGTHS]
     assert dump.lengths.tolist() == expected_phase1
     assert dump.num_samples.tolist() == list(ODD_LENGTHS)
-    codebooks = fit_codebooks(dump, [3], n_iter=5, out_folder=tmp_path)
+    codebooks = fit_codebooks(dump, [3], KMeansSettings(iterations=5), out_folder=tmp_path)
     write_labels(dump, codebooks, tmp_path, config)
     store = PseudoLabelStore(tmp_path)
     assigned = assign_clusters(dump.features, codebooks[3])
@@ -240,15 +239,11 @@ def test_uncropped_audio_gets_the_whole_label_sequence(odd_labels, odd_manifest)
     dataset = DynamicItemDataset.from_json(str(odd_manifest))
     dataset.add_dynamic_item(cropped_audio_with_labels(store, max_seconds=None))
     dataset.set_output_keys(["id", "sig", "cluster_labels"])
-    only_labels = DynamicItemDataset.from_json(str(odd_manifest))
-    only_labels.add_dynamic_item(cluster_labels_pipeline(store))
-    only_labels.set_output_keys(["id", "cluster_labels"])
     for index, utt in enumerate(dataset.data_ids):
         item = dataset[index]
         assert item["sig"].shape[0] == store.num_samples(utt)
         assert item["cluster_labels"].shape[0] == store.frame_count(item["sig"].shape[0])
         assert torch.equal(item["cluster_labels"], store[utt])
-        assert torch.equal(only_labels[index]["cluster_labels"], store[utt])
 
 
 def test_audio_other_than_the_labelled_audio_is_refused(odd_labels, odd_manifest, tmp_path):
@@ -300,11 +295,11 @@ def test_features_are_appended_to_disk_as_they_are_computed(tmp_path, odd_manife
     assert not (folder / "features.npy.partial").exists()
     assert not (folder / "progress.json").exists()
     # The frames are the model's own, utterance by utterance.
-    for i, utt in enumerate(dump.ids):
+    for utt, start, frames in zip(dump.ids, dump.offsets, dump.lengths):
         wav = load_audio(json.loads(odd_manifest.read_text())[utt]["wav"])
         feats, mask = StandInFrameModel(window=400).frame_features(wav[None], torch.ones(1))
         np.testing.assert_allclose(
-            dump.utterance_features(i), feats[0, : int(mask.sum())].numpy(), rtol=1e-6
+            dump.features[start : start + frames], feats[0, : int(mask.sum())].numpy(), rtol=1e-6
         )
 
 
@@ -333,7 +328,8 @@ def test_same_seed_gives_the_same_codebooks_and_labels(tmp_path, odd_labels, con
     _, dump = odd_labels
     runs = []
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        codebooks = fit_codebooks(dump, [3, 5], n_iter=10, seed=seed, out_folder=tmp_path / name)
+        kmeans = KMeansSettings(iterations=10, seed=seed)
+        codebooks = fit_codebooks(dump, [3, 5], kmeans, out_folder=tmp_path / name)
         write_labels(dump, codebooks, tmp_path / name, config)
         runs.append((codebooks, np.load(tmp_path / name / "labels.npy")))
         assert np.array_equal(np.load(tmp_path / name / "kmeans_5.npy"), codebooks[5])
@@ -357,9 +353,8 @@ def test_diagnostics_show_more_emotion_in_emotional_features_than_in_noise(
             iemocap_manifests["train"],
             tmp_path / name,
             n_clusters=[4, 16],
-            seed=0,
             wav2vec2_config=config,
-            n_iter=10,
+            kmeans=KMeansSettings(iterations=10),
         )
         results[name] = json.loads((folder / "diagnostics.json").read_text())["clusters"]
         markdown = (folder / "diagnostics.md").read_text()
@@ -383,7 +378,7 @@ def test_only_the_manifests_utterances_are_labelled(tmp_path, iemocap_manifests,
         tmp_path,
         n_clusters=[4],
         wav2vec2_config=config,
-        n_iter=3,
+        kmeans=KMeansSettings(iterations=3),
     )
     store = PseudoLabelStore(folder)
     train = json.loads(Path(iemocap_manifests["train"]).read_text())
@@ -422,7 +417,7 @@ def test_fresh_labels_are_reused_and_stale_ones_recomputed(
     tmp_path, odd_manifest, config, monkeypatch
 ):
     out = tmp_path / "labels"
-    settings = {"wav2vec2_config": config, "n_iter": 3, "seed": 0}
+    settings = {"wav2vec2_config": config, "kmeans": KMeansSettings(iterations=3)}
     model_a = StandInFrameModel(seed=0)
     prepare_pseudo_labels(model_a, odd_manifest, out, n_clusters=[2, 3], **settings)
     before = _mtimes(out)
@@ -464,18 +459,18 @@ def test_another_seeding_refits_the_codebooks_on_the_same_features(
     tmp_path, odd_manifest, config, monkeypatch
 ):
     out = tmp_path / "labels"
-    settings = {"wav2vec2_config": config, "n_iter": 3, "seed": 0, "n_clusters": [2, 3]}
+    settings = {"wav2vec2_config": config, "n_clusters": [2, 3]}
     model = StandInFrameModel(seed=0)
-    prepare_pseudo_labels(model, odd_manifest, out, **settings)
-    default = json.loads((out / "fingerprint.json").read_text())
-    assert "init" not in default  # the default keeps the fingerprint it always had
+    prepare_pseudo_labels(model, odd_manifest, out, kmeans=KMeansSettings(iterations=3), **settings)
+    assert json.loads((out / "fingerprint.json").read_text())["init"] == "random"
 
     dump = _Spy(monkeypatch, "dump_features")
     kmeans = _Spy(monkeypatch, "fit_kmeans")
-    prepare_pseudo_labels(model, odd_manifest, out, init="k-means++", **settings)
+    plus_plus = KMeansSettings(iterations=3, init="k-means++")
+    prepare_pseudo_labels(model, odd_manifest, out, kmeans=plus_plus, **settings)
     assert (dump.calls, kmeans.calls) == (0, 2)
     assert json.loads((out / "fingerprint.json").read_text())["init"] == "k-means++"
-    prepare_pseudo_labels(model, odd_manifest, out, init="k-means++", **settings)
+    prepare_pseudo_labels(model, odd_manifest, out, kmeans=plus_plus, **settings)
     assert (dump.calls, kmeans.calls) == (0, 2)
 
 
@@ -502,7 +497,11 @@ def test_a_changed_checkpoint_file_makes_the_labels_stale(
         return StandInFrameModel(seed=len(loaded))
 
     monkeypatch.setattr(pseudo_labels, "_load_frame_model", fake_loader)
-    settings = {"n_clusters": [2], "wav2vec2_config": config, "n_iter": 3}
+    settings = {
+        "n_clusters": [2],
+        "wav2vec2_config": config,
+        "kmeans": KMeansSettings(iterations=3),
+    }
     out = tmp_path / "labels"
     prepare_pseudo_labels(final, odd_manifest, out, **settings)
     prepare_pseudo_labels(final, odd_manifest, out, **settings)
@@ -535,6 +534,128 @@ def test_recipe_script_prepares_a_folds_labels(
     assert sorted(store.ids) == sorted(json.loads(odd_manifest.read_text()))
     fingerprint = json.loads((out / "fingerprint.json").read_text())
     assert fingerprint["seed"] == 1
+    assert fingerprint["fit_set"] == "shared"  # the authors' k-means fitting set by default
     assert fingerprint["frame_geometry"]["hop_samples"] == HOP
     assert fingerprint["frame_geometry"]["receptive_field_samples"] == 400
     assert {"kmeans_2.npy", "kmeans_3.npy", "diagnostics.md"} <= {p.name for p in out.iterdir()}
+
+
+# ----------------------------------------------------------------------------
+# The k-means fitting set
+# ----------------------------------------------------------------------------
+
+
+def _synthetic_dump(folder: Path, lengths: list[int], dim: int = 4) -> FeatureDump:
+    """A finished dump of random features: utterance ``u`` has ``lengths[u]`` frames."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(folder / pseudo_labels.FEATURES_FILE, rng.standard_normal((sum(lengths), dim)))
+    ids = [f"utt{i}" for i in range(len(lengths))]
+    return FeatureDump(
+        folder=folder,
+        ids=ids,
+        lengths=np.asarray(lengths, dtype=np.int64),
+        num_samples=np.asarray(lengths, dtype=np.int64) * HOP,
+        emotions=["neu"] * len(ids),
+        dim=dim,
+        fingerprint={"synthetic": len(ids)},
+    )
+
+
+class _FitSpy:
+    """Wraps ``fit_kmeans`` in the module, recording the rows each K was fitted on."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.rows: dict[int, np.ndarray | None] = {}
+        self.function = pseudo_labels.fit_kmeans
+        monkeypatch.setattr(pseudo_labels, "fit_kmeans", self)
+
+    def __call__(self, features, n_clusters, **kwargs):
+        rows = kwargs.get("rows")
+        self.rows[n_clusters] = None if rows is None else np.asarray(rows)
+        return self.function(features, n_clusters, **kwargs)
+
+
+# 40 utterances of 100..294 frames: 7880 frames.
+UTTERANCE_FRAMES = [100 + 5 * i for i in range(40)]
+
+
+def test_every_k_is_fitted_on_all_frames_when_they_fit_the_shared_set(tmp_path):
+    dump = _synthetic_dump(tmp_path / "features", UTTERANCE_FRAMES)
+    assert 1000 * 2 < dump.num_frames <= 1000 * 8
+    codebooks = fit_codebooks(
+        dump, [2, 8], KMeansSettings(iterations=4, seed=3), out_folder=tmp_path
+    )
+    # 1000 * max(K) frames hold every frame: each K is the k-means of all of them
+    # (per-K sampling would fit K = 2 on 2000 of the 7880).
+    for k in (2, 8):
+        whole = fit_kmeans(dump.features, k, n_iter=4, seed=3)
+        assert np.array_equal(codebooks[k], whole.centroids), k
+    record = json.loads((tmp_path / pseudo_labels.KMEANS_RECORD_FILE).read_text())
+    assert [record[k]["fit_frames"] for k in ("2", "8")] == [dump.num_frames] * 2
+    assert record["2"]["fingerprint"]["fit_set"] == "shared"
+    assert record["2"]["fingerprint"]["fit_frames"] == "all"
+
+
+def test_a_capped_shared_set_is_one_set_of_whole_utterances_for_every_k(tmp_path, monkeypatch):
+    dump = _synthetic_dump(tmp_path / "features", UTTERANCE_FRAMES)
+    spy = _FitSpy(monkeypatch)
+    per_centroid = 300  # 300 * max(K) = 2400 of the 7880 frames
+    kmeans = KMeansSettings(iterations=4, points_per_cluster=per_centroid, seed=3)
+    codebooks = fit_codebooks(dump, [2, 8], kmeans, out_folder=tmp_path)
+    shared = spy.rows[2]
+    assert shared is not None and np.array_equal(spy.rows[8], shared)
+    assert 2400 - max(UTTERANCE_FRAMES) < shared.size <= 2400
+    # Whole utterances: each one is in the set with all its frames or not at all.
+    taken = np.isin(np.arange(dump.num_frames), shared)
+    per_utterance = np.split(taken, np.cumsum(dump.lengths)[:-1])
+    assert all(part.all() or not part.any() for part in per_utterance)
+    for k in (2, 8):
+        subset = fit_kmeans(np.asarray(dump.features)[shared], k, n_iter=4, seed=3)
+        assert np.array_equal(codebooks[k], subset.centroids), k
+    # Seeded: the same seed draws the same utterances, another seed others.
+    assert np.array_equal(pseudo_labels.shared_fitting_rows(dump.lengths, 2400, 3), shared)
+    other = pseudo_labels.shared_fitting_rows(dump.lengths, 2400, 4)
+    assert not np.array_equal(other, shared)
+    # Every frame fits: no subset at all.
+    assert pseudo_labels.shared_fitting_rows(dump.lengths, dump.num_frames, 3) is None
+
+
+def test_per_k_fit_set_samples_each_k_on_its_own(tmp_path, monkeypatch):
+    dump = _synthetic_dump(tmp_path / "features", UTTERANCE_FRAMES)
+    spy = _FitSpy(monkeypatch)
+    kmeans = KMeansSettings(iterations=4, seed=3, fit_set="per_k")
+    codebooks = fit_codebooks(dump, [2, 8], kmeans, out_folder=tmp_path)
+    assert spy.rows == {2: None, 8: None}
+    sampled = fit_kmeans(dump.features, 2, n_iter=4, seed=3, max_points=2000)
+    assert np.array_equal(codebooks[2], sampled.centroids)
+    record = json.loads((tmp_path / pseudo_labels.KMEANS_RECORD_FILE).read_text())
+    assert [record[k]["fit_frames"] for k in ("2", "8")] == [2000, dump.num_frames]
+    assert record["2"]["fingerprint"]["fit_set"] == "per_k"
+    assert record["2"]["fingerprint"]["fit_frames"] is None
+    with pytest.raises(ValueError, match="fit_set"):
+        KMeansSettings(fit_set="each")
+
+
+def test_changing_the_fit_set_refits_the_codebooks_and_relabels(
+    tmp_path, odd_manifest, config, monkeypatch
+):
+    out = tmp_path / "labels"
+    settings = {"wav2vec2_config": config, "n_clusters": [2, 3]}
+    # 70 frames per centroid: per K 140 and all 200 frames, shared all 200.
+    shared = KMeansSettings(iterations=3, points_per_cluster=70)
+    per_k = KMeansSettings(iterations=3, points_per_cluster=70, fit_set="per_k")
+    model = StandInFrameModel(seed=0)
+    prepare_pseudo_labels(model, odd_manifest, out, kmeans=shared, **settings)
+    assert json.loads((out / "fingerprint.json").read_text())["fit_set"] == "shared"
+
+    dump = _Spy(monkeypatch, "dump_features")
+    kmeans = _Spy(monkeypatch, "fit_kmeans")
+    labels = _Spy(monkeypatch, "write_labels")
+    prepare_pseudo_labels(model, odd_manifest, out, kmeans=per_k, **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 2, 1)
+    assert json.loads((out / "fingerprint.json").read_text())["fit_set"] == "per_k"
+    prepare_pseudo_labels(model, odd_manifest, out, kmeans=per_k, **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 2, 1)
+    prepare_pseudo_labels(model, odd_manifest, out, kmeans=shared, **settings)
+    assert (dump.calls, kmeans.calls, labels.calls) == (0, 4, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -158,3 +159,23 @@ def test_rerun_skips_every_finished_stage(ptapt_run, iemocap_corpus, tiny_wav2ve
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert all(p.stat().st_mtime == t for p, t in stamps.items())
+
+
+def test_a_finished_phase_2_needs_no_pseudo_labels(ptapt_run, iemocap_corpus, tiny_wav2vec2):
+    """Its fingerprint holds the labels' fingerprint, computed from their inputs: labels
+    deleted to save space are not computed again for a stage that is done."""
+    fold = ptapt_run / "fold_1"
+    labels = fold / "pseudo_labels"
+    kept = labels.with_name("pseudo_labels.kept")
+    adapted = fold / "ptapt" / "adapted_wav2vec2" / "model.safetensors"
+    stamp = adapted.stat().st_mtime_ns
+    labels.rename(kept)
+    try:
+        cmd = ptapt_command(iemocap_corpus.root, tiny_wav2vec2, ptapt_run)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert not labels.exists() and adapted.stat().st_mtime_ns == stamp
+    finally:
+        if labels.exists():
+            shutil.rmtree(labels)
+        kept.rename(labels)

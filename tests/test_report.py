@@ -9,6 +9,7 @@ import math
 import statistics
 import sys
 
+import numpy as np
 import pytest
 
 from speechbrain_ptapt.experiment import summarize, write_json
@@ -18,7 +19,6 @@ from speechbrain_ptapt.report import (
     main,
     paired_t_test,
     sign_flip_test,
-    student_t_two_sided_p,
     write_report,
 )
 
@@ -147,16 +147,22 @@ def test_sign_flip_test_is_exact(differences, p):
     ("t", "df"),
     [(12.706204736, 1), (4.30265273, 2), (3.182446305, 3), (2.776445105, 4), (2.228138852, 10)],
 )
-def test_t_distribution_matches_the_table_of_critical_values(t, df):
-    assert student_t_two_sided_p(t, df) == pytest.approx(0.05, abs=1e-8)
-    assert student_t_two_sided_p(-t, df) == pytest.approx(0.05, abs=1e-8)
-    assert student_t_two_sided_p(0.0, df) == pytest.approx(1.0)
+def test_t_test_matches_the_table_of_critical_values(t, df):
+    # differences with sample std 1 and mean t / sqrt(n): the statistic is t
+    deviations = np.linspace(-1.0, 1.0, df + 1)
+    deviations /= deviations.std(ddof=1)
+    for sign in (1, -1):
+        b = sign * t / math.sqrt(df + 1) + deviations
+        statistic, p = paired_t_test(b, np.zeros(df + 1))
+        assert statistic == pytest.approx(sign * t)
+        assert p == pytest.approx(0.05, abs=1e-8)
 
 
 def test_paired_t_test_edge_cases():
-    assert paired_t_test([0.1]) is None
-    assert paired_t_test([0.0, 0.0]) == (0.0, 1.0)
-    assert paired_t_test([0.1, 0.1]) == (math.inf, 0.0)
+    assert paired_t_test([0.1], [0.0]) is None
+    assert paired_t_test([0.3, 0.4], [0.3, 0.4]) == (0.0, 1.0)
+    assert paired_t_test([0.3, 0.4], [0.2, 0.3]) == (math.inf, 0.0)  # equal differences
+    assert paired_t_test([0.2, 0.3], [0.3, 0.4]) == (-math.inf, 0.0)
 
 
 def test_table_4_ratio_reproduces_the_paper():

@@ -24,7 +24,7 @@ from conftest import REPO
 from test_recipe_files import debug_files, debug_flags, read_recipe_rows
 
 from speechbrain_ptapt import savee
-from speechbrain_ptapt.audio import load_audio
+from speechbrain_ptapt.inference import load_audio
 from speechbrain_ptapt.preparation import DataPreparationError
 from speechbrain_ptapt.savee import (
     SAVEE_CLASSES,

@@ -205,9 +205,7 @@ def test_every_ptapt_step_reads_the_subset(tmp_path, monkeypatch, tiny_wav2vec2)
         seen["phase 2"] = str(train_manifest)
         raise StageReached
 
-    import speechbrain_ptapt.frame_emotion as frame_emotion
-
-    monkeypatch.setattr(frame_emotion, "run_frame_stage", frame_stage)
+    monkeypatch.setattr(ptapt, "run_frame_stage", frame_stage)
     monkeypatch.setattr(ptapt, "prepare_pseudo_labels", pseudo_labels)
     monkeypatch.setattr(ptapt, "PseudoLabelStore", Store)
     monkeypatch.setattr(ptapt, "train_ptapt", phase_2)

@@ -35,6 +35,16 @@ LARGE_AGGREGATOR_LAYERS = (
     "(512, 8, 1), (512, 9, 1), (512, 10, 1), (512, 11, 1), (512, 12, 1), (512, 13, 1)]"
 )
 
+# fairseq's default when `conv_feature_layers` is absent (Wav2VecConfig, three 1x1 layers).
+FAIRSEQ_DEFAULT_FEATURE_LAYERS = LARGE_FEATURE_LAYERS[:-1] + ", (512, 1, 1)]"
+
+# The names under which checkpoints saved before fairseq's renames store these arguments.
+LEGACY_NAMES = {
+    "arch": "audio_cpc",
+    "task": "speech_pretraining",
+    "criterion": "binary_cross_entropy",
+}
+
 # Same strides and kernels as the large extractor (same frame arithmetic), few channels,
 # and an aggregator that changes width so a residual projection exists.
 SMALL = Wav2Vec1Config(
@@ -323,12 +333,14 @@ def test_released_large_architecture_loads_without_fairseq(
     large = Wav2Vec1Config.wav2vec_large()
     state_dict = random_state_dict(large)
     assert len(state_dict) == 71  # 7 x 3 extractor + 12 x 4 aggregator + 2 head tensors
-    # Arguments as stored in 2019: layer strings, no `activation`, enum-valued aggregator.
+    # Arguments as stored in 2019: pre-rename arch/task/criterion names, layer strings,
+    # no `activation`, enum-valued aggregator.
     args = fairseq_args(
         large,
         conv_feature_layers=LARGE_FEATURE_LAYERS,
         conv_aggregator_layers=LARGE_AGGREGATOR_LAYERS,
         aggregator=FakeChoice.CNN,
+        **LEGACY_NAMES,
     )
     path = save_fairseq_checkpoint(tmp_path / "wav2vec_large.pt", monkeypatch, state_dict, args)
     with pytest.raises(ModuleNotFoundError, match="fairseq"):
@@ -426,17 +438,67 @@ def test_a_wrongly_shaped_weight_is_an_error_naming_it(
         load_wav2vec1(path)
 
 
-def test_a_wav2vec2_checkpoint_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state_dict = {
-        "feature_extractor.conv_layers.0.0.weight": torch.zeros(512, 1, 10),
-        "encoder.layers.0.fc1.weight": torch.zeros(3072, 768),
-    }
-    path = save_fairseq_checkpoint(
-        tmp_path / "w2v2.pt", monkeypatch, state_dict, {"arch": "wav2vec2"}
+def test_pre_rename_checkpoint_loads_like_the_same_weights_under_current_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fairseq renames arch audio_cpc, task speech_pretraining, criterion
+    binary_cross_entropy on load (checkpoint_utils._upgrade_state_dict); so must we."""
+    state_dict = random_state_dict(SMALL)
+    old_path = tmp_path / "old_names.pt"
+    old_args = argparse.Namespace(**fairseq_args(SMALL, **LEGACY_NAMES))
+    torch.save({"args": old_args, "model": state_dict}, old_path)
+    new_path = save_fairseq_checkpoint(
+        tmp_path / "new_names.pt",
+        monkeypatch,
+        state_dict,
+        fairseq_args(SMALL, arch="wav2vec", task="audio_pretraining", criterion="wav2vec"),
     )
-    with pytest.raises(Wav2Vec1CheckpointError, match="not a wav2vec 1.0 checkpoint") as error:
+
+    old_model, new_model = load_wav2vec1(old_path), load_wav2vec1(new_path)
+
+    assert old_model.config == new_model.config == SMALL
+    assert_same_weights(old_model, state_dict)
+    wav = torch.randn(2, 3000)
+    with torch.no_grad():
+        torch.testing.assert_close(old_model(wav), new_model(wav), rtol=0, atol=0)
+
+
+def test_absent_feature_layers_take_fairseqs_default_not_the_large_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fairseq fills an absent argument from Wav2VecConfig, whose extractor has 8 layers."""
+    fairseq_default = Wav2Vec1Config(
+        conv_feature_layers=FAIRSEQ_DEFAULT_FEATURE_LAYERS,
+        conv_aggregator_layers=((16, 2, 1), (16, 3, 1)),
+    )
+    assert len(fairseq_default.conv_feature_layers) == 8
+    state_dict = random_state_dict(fairseq_default)
+    args = fairseq_args(fairseq_default, **LEGACY_NAMES)
+    del args["conv_feature_layers"]
+    path = save_fairseq_checkpoint(tmp_path / "no_layers.pt", monkeypatch, state_dict, args)
+    model = load_wav2vec1(path)
+    assert model.config == fairseq_default
+    assert_same_weights(model, state_dict)
+
+
+@pytest.mark.parametrize("arch", ["wav2vec2", "transformer_lm"])
+def test_a_checkpoint_of_another_architecture_is_refused_naming_file_and_arch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str
+) -> None:
+    """A wav2vec 2.0 file (no aggregator weights) and one with wav2vec 1.0-like weights."""
+    state_dict = (
+        {
+            "feature_extractor.conv_layers.0.0.weight": torch.zeros(512, 1, 10),
+            "encoder.layers.0.fc1.weight": torch.zeros(3072, 768),
+        }
+        if arch == "wav2vec2"
+        else random_state_dict(SMALL)
+    )
+    path = save_fairseq_checkpoint(tmp_path / "other.pt", monkeypatch, state_dict, {"arch": arch})
+    with pytest.raises(Wav2Vec1CheckpointError, match="not a supported wav2vec 1.0") as error:
         load_wav2vec1(path)
     assert str(path) in str(error.value)
+    assert repr(arch) in str(error.value)
 
 
 def test_a_vq_wav2vec_checkpoint_is_refused(

@@ -7,7 +7,7 @@ Writes into ``--out``: ``labels.npy`` + ``index.json`` (read by
 ``diagnostics.json`` / ``diagnostics.md`` (cluster usage, purity, NMI against
 emotion), ``fingerprint.json`` and the feature dump in ``features/``. Rerunning
 with the same inputs does nothing; a changed manifest, phase-1 checkpoint, K
-list, seed or backbone geometry recomputes what depends on it, and an
+list, seed, k-means setting or backbone geometry recomputes what depends on it, and an
 interrupted feature dump resumes.
 
 Run (once per fold, on the fold's training manifest)::
@@ -28,7 +28,10 @@ import sys
 import torch
 from transformers import Wav2Vec2Config
 
+from speechbrain_ptapt.backbone import load_pretrained
+from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.experiment import configure_stdout_logging
+from speechbrain_ptapt.kmeans import KMEANS_FIT_SETS, KMEANS_INITS, KMeansSettings
 from speechbrain_ptapt.pseudo_labels import prepare_pseudo_labels
 
 
@@ -53,14 +56,22 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--init",
         default="random",
-        choices=["random", "k-means++"],
+        choices=KMEANS_INITS,
         help="k-means seeding (random: as faiss in the authors' code)",
     )
     parser.add_argument(
         "--max_points_per_cluster",
         type=int,
         default=1000,
-        help="frames sampled per centroid to fit k-means",
+        help="k-means fitting frames per centroid (of the largest K with --fit_set shared)",
+    )
+    parser.add_argument(
+        "--fit_set",
+        default="shared",
+        choices=KMEANS_FIT_SETS,
+        help="k-means fitting frames: shared, one set of whole utterances of up to "
+        "max_points_per_cluster * max(K) frames for every K (the authors' cluster.py); "
+        "per_k, max_points_per_cluster * K random frames for each K",
     )
     parser.add_argument("--batch_size", type=int, default=1, help="utterances per forward pass")
     parser.add_argument(
@@ -76,25 +87,33 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> None:
-    """Prepares (or reuses) the pseudo-labels and prints their folder."""
+    """Prepares (or reuses) the pseudo-labels and prints their folder; an error in the
+    user's files or settings exits with one ``error:`` line."""
     args = parse_arguments(argv)
     configure_stdout_logging()
-    config = Wav2Vec2Config.from_pretrained(args.wav2vec2_hub)
-    folder = prepare_pseudo_labels(
-        args.frame_model,
-        args.manifest,
-        args.out,
-        n_clusters=args.n_clusters,
-        seed=args.seed,
-        wav2vec2_config=config,
-        n_iter=args.n_iter,
-        max_points_per_cluster=args.max_points_per_cluster,
-        batch_size=args.batch_size,
-        device=args.device,
-        sample_rate=args.sample_rate,
-        keep_features=not args.drop_features,
-        init=args.init,
-    )
+    try:
+        config = load_pretrained(Wav2Vec2Config, args.wav2vec2_hub)
+        kmeans = KMeansSettings(
+            iterations=args.n_iter,
+            init=args.init,
+            points_per_cluster=args.max_points_per_cluster,
+            fit_set=args.fit_set,
+            seed=args.seed,
+        )
+        folder = prepare_pseudo_labels(
+            args.frame_model,
+            args.manifest,
+            args.out,
+            n_clusters=args.n_clusters,
+            wav2vec2_config=config,
+            kmeans=kmeans,
+            batch_size=args.batch_size,
+            device=args.device,
+            sample_rate=args.sample_rate,
+            keep_features=not args.drop_features,
+        )
+    except PtaptError as err:
+        sys.exit(f"error: {' '.join(str(err).split())}")
     print(folder)
 
 
