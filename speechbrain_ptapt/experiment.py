@@ -1,5 +1,6 @@
-"""Running a recipe: command-line parsing, per-run hyperparameters, the fold x run
-loop with resume/skip, and the summary files.
+"""Running a recipe: command-line parsing, loading the yaml (for the experiment, a
+fold's adaptation stages, or one run), run folders and the summary files; the pieces
+the recipe scripts call are gathered in :mod:`speechbrain_ptapt.recipe`.
 
 Every (fold, run) gets its own folder ``<output_folder>/fold_<fold>/seed_<seed>``
 holding its checkpoints, log, test predictions and ``result.json``; a run whose
@@ -22,7 +23,9 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.seed import seed_everything
+from transformers import Wav2Vec2Config
 
+from speechbrain_ptapt.backbone import load_pretrained
 from speechbrain_ptapt.errors import MissingFileError
 from speechbrain_ptapt.hparams_check import parse_overrides, unknown_override_error, yaml_defaults
 from speechbrain_ptapt.naming import METHOD_NAMES, fold_label
@@ -69,8 +72,23 @@ def parse_recipe_arguments(
     return str(path.resolve()), run_opts, parse_overrides(overrides_text)
 
 
-def load_hparams(hparams_file: str, overrides: dict[str, Any]) -> dict[str, Any]:
+#: The yaml entries of a fine-tuning run that load wav2vec2's weights (``wav2vec2`` and the
+#: ``model`` around it) or create the run's folder (``checkpointer``) when built.
+RUN_OBJECTS = ("wav2vec2", "model", "checkpointer")
+
+
+def load_hparams(
+    hparams_file: str, overrides: dict[str, Any], run_objects: bool = True
+) -> dict[str, Any]:
     """Loads the yaml with overrides.
+
+    With ``run_objects=False`` the fine-tuning run's objects (:data:`RUN_OBJECTS`) are
+    not built: hyperpyyaml applies overrides before it builds anything, and these
+    entries are overridden with null. What a recipe reads outside the runs (settings,
+    folders, the ``!name:`` builders of the adaptation stages) is unchanged; each run
+    loads the yaml again, objects included. The backbone is still checked
+    (:func:`check_backbone_source`), so a wrong ``wav2vec2_hub`` stops the recipe
+    before any preparation or training, as building it would.
 
     Raises
     ------
@@ -78,6 +96,12 @@ def load_hparams(hparams_file: str, overrides: dict[str, Any]) -> dict[str, Any]
         For an override the yaml does not define (hyperpyyaml's error, with the
         closest keys suggested).
     """
+    if not run_objects:
+        unbuilt = {key: None for key in RUN_OBJECTS if key in yaml_defaults(hparams_file)}
+        hparams = load_hparams(hparams_file, {**overrides, **unbuilt})
+        if "wav2vec2" in unbuilt:
+            check_backbone_source(hparams)
+        return hparams
     with open(hparams_file, encoding="utf-8") as f:
         try:
             return load_hyperpyyaml(f, overrides)
@@ -86,6 +110,23 @@ def load_hparams(hparams_file: str, overrides: dict[str, Any]) -> dict[str, Any]
             if unknown is None:
                 raise
             raise unknown from err
+
+
+def check_backbone_source(hparams: dict[str, Any]) -> None:
+    """Reads the config of ``wav2vec2_hub`` (at ``wav2vec2_revision``, hub downloads
+    cached in ``wav2vec2_folder``), the first thing building the backbone does.
+
+    Raises
+    ------
+    BackboneLoadError
+        When it cannot be reached or is not a wav2vec2 (with what to do instead).
+    """
+    load_pretrained(
+        Wav2Vec2Config,
+        str(hparams["wav2vec2_hub"]),
+        hparams.get("wav2vec2_folder"),
+        hparams.get("wav2vec2_revision"),
+    )
 
 
 def fold_names(folds: Any) -> list[str]:
@@ -278,15 +319,6 @@ def write_summary(output_folder: str | Path, summary: dict[str, Any]) -> Path:
         write_json(output_folder / "summary.json", summary)
         (output_folder / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     return output_folder / "summary.json"
-
-
-def setup_logging(output_folder: str | Path, hparams_file: str, overrides: dict) -> None:
-    """SpeechBrain's experiment folder: a copy of the yaml, the log file, the environment."""
-    sb.create_experiment_directory(
-        experiment_directory=str(output_folder),
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
 
 
 def configure_stdout_logging() -> None:

@@ -1449,9 +1449,7 @@ def load_frame_model(
     return model.to(map_location).eval()
 
 
-def run_frame_stage(
-    fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: Mapping
-) -> Path:
+def run_frame_stage(hparams: dict[str, Any], run_opts: Any, train_manifest: str | Path) -> Path:
     """P-TAPT phase 1 of one fold: train the frame-level emotion model on the fold's
     training manifest (never its test manifest) and save the best validated model.
 
@@ -1467,16 +1465,12 @@ def run_frame_stage(
 
     Arguments
     ---------
-    fold : str
-        The fold (held-out session or speaker).
-    hparams_file : str
-        The recipe's yaml (phase-1 settings under ``frame_`` names).
-    overrides : dict
-        The user's yaml overrides.
+    hparams : dict
+        The fold's hparams (phase-1 settings under ``frame_`` names, ``fold`` set).
     run_opts : RunOptions or dict
         SpeechBrain's run options.
-    manifests : mapping
-        ``{"train": manifest, "test": manifest}`` of the fold; only ``train`` is read.
+    train_manifest : str or Path
+        The fold's training manifest.
 
     Returns
     -------
@@ -1484,9 +1478,9 @@ def run_frame_stage(
         The ``final`` folder, for :func:`load_frame_model`.
     """
     from speechbrain_ptapt.dataio import check_labels, inverse_prior_weights
-    from speechbrain_ptapt.experiment import load_hparams
-    hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
-    train_manifest = Path(manifests["train"])
+
+    fold = str(hparams["fold"])
+    train_manifest = Path(train_manifest)
     folder = Path(hparams["frame_folder"])
     final = folder / FINAL_FOLDER
     save_folder = Path(hparams["frame_save_folder"])

@@ -1,5 +1,6 @@
 """P-TAPT phase 2: continue training wav2vec2 to predict the pseudo-labels of masked
-frames, and the whole P-TAPT adaptation of a fold (phase 1, pseudo-labels, phase 2).
+frames; and the fold's pseudo-label and phase-2 stages the P-TAPT recipe calls after
+phase 1 (:func:`run_pseudo_label_stage`, :func:`run_ptapt_stage`).
 
 Phase 2 (paper Fig. 1b and the authors' code): time masks on the projected CNN
 features (p 0.06, span 15 frames, at least 2); the transformer; for every K a
@@ -30,8 +31,6 @@ from transformers import Wav2Vec2Config
 from speechbrain_ptapt.backbone import Wav2Vec2Backbone, load_pretrained
 from speechbrain_ptapt.dataio import duration_batch_sampler
 from speechbrain_ptapt.distributed import unwrap
-from speechbrain_ptapt.experiment import load_hparams
-from speechbrain_ptapt.frame_emotion import run_frame_stage
 from speechbrain_ptapt.kmeans import KMeansSettings
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.pseudo_labels import (
@@ -40,7 +39,7 @@ from speechbrain_ptapt.pseudo_labels import (
     prepare_pseudo_labels,
     pseudo_labels_fingerprint,
 )
-from speechbrain_ptapt.stage_cache import StageKeys, stage_fingerprint
+from speechbrain_ptapt.stage_cache import StageCache, StageKeys, stage_fingerprint
 from speechbrain_ptapt.tapt import adapted_cache, manifest_digest
 from speechbrain_ptapt.training import StepStageBrain, with_default_precision
 
@@ -383,34 +382,12 @@ def pseudo_label_device(hparams: dict[str, Any], run_opts: Any) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def run_ptapt_stage(
-    fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: dict
-) -> str:
-    """The P-TAPT adaptation of one fold, as a recipe's ``adapt`` step.
-
-    1. phase 1: the frame-level emotion model, trained on the fold's training
-       utterances (:func:`speechbrain_ptapt.frame_emotion.run_frame_stage`);
-    2. pseudo-labels: its frame features clustered for every K of ``n_clusters``
-       (main process only; reused when fresh);
-    3. phase 2: wav2vec2 trained to predict the pseudo-labels of masked frames,
-       then saved in transformers format to ``ptapt_adapted_folder``.
-
-    Each step is skipped when its outputs exist and match its inputs, and resumed
-    from its checkpoints when interrupted; a finished phase 2 skips the pseudo-labels
-    too. Stale results follow :mod:`speechbrain_ptapt.stage_cache` (phase 1 and 2
-    are refused, pseudo-labels computed again). The test manifest is never read.
-
-    Returns
-    -------
-    str
-        The adapted backbone folder, for ``wav2vec2_hub``.
-    """
-    hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
-    train_manifest = manifests["train"]
-    train_only = {"train": train_manifest}
-
-    frame_folder = run_frame_stage(fold, hparams_file, overrides, run_opts, train_only)
-
+def phase_2_cache(
+    hparams: dict[str, Any], run_opts: Any, frame_folder: str | Path, train_manifest: str | Path
+) -> tuple[dict[str, Any], StageCache]:
+    """The arguments of the fold's pseudo-labels (:func:`pseudo_label_options`) and
+    the cache of its phase 2, whose fingerprint holds the labels' fingerprint computed
+    from those arguments, without the labels."""
     backbone_config = load_pretrained(
         Wav2Vec2Config,
         str(hparams["wav2vec2_hub"]),
@@ -420,18 +397,92 @@ def run_ptapt_stage(
     labels_options = pseudo_label_options(
         hparams, run_opts, frame_folder, train_manifest, backbone_config
     )
-    adapted = Path(hparams["ptapt_adapted_folder"])
-    # The labels' fingerprint, computed without the labels: a finished phase 2 needs none.
     fingerprint = ptapt_fingerprint(
         hparams, train_manifest, pseudo_labels_fingerprint(**labels_options)
     )
-    cache = adapted_cache("P-TAPT phase 2", hparams, "ptapt", fingerprint)
+    return labels_options, adapted_cache("P-TAPT phase 2", hparams, "ptapt", fingerprint)
+
+
+def run_pseudo_label_stage(
+    hparams: dict[str, Any], run_opts: Any, frame_folder: str | Path, train_manifest: str | Path
+) -> Path:
+    """The pseudo-labels of one fold (paper Sec. 2.3): the phase-1 model's frame
+    features of the fold's training utterances, clustered by k-means for every K of
+    ``n_clusters`` and aligned to wav2vec2's frames, in ``pseudo_label_folder``.
+
+    Computed on the main process (the others wait and read the result); reused when
+    their inputs are unchanged, computed again when stale, resumed when interrupted
+    (:func:`~speechbrain_ptapt.pseudo_labels.prepare_pseudo_labels`). Nothing is
+    computed when the fold's phase 2 is finished with labels of these inputs: labels
+    deleted to save space are not made again for it.
+
+    Arguments
+    ---------
+    hparams : dict
+        The fold's hparams (``kmeans_`` settings, ``n_clusters``, ``wav2vec2_hub``).
+    run_opts : RunOptions or dict
+        SpeechBrain's run options (``--device`` unless ``kmeans_device`` is set).
+    frame_folder : str or Path
+        The phase-1 model (:func:`~speechbrain_ptapt.frame_emotion.run_frame_stage`).
+    train_manifest : str or Path
+        The fold's training manifest (the utterances phase 1 was trained on).
+
+    Returns
+    -------
+    Path
+        The pseudo-label folder, for :func:`run_ptapt_stage`.
+    """
+    labels_options, phase_2 = phase_2_cache(hparams, run_opts, frame_folder, train_manifest)
+    if phase_2.is_done():
+        logger.info(
+            "P-TAPT phase 2 of fold %s is finished: no pseudo-labels needed.", hparams["fold"]
+        )
+        return Path(labels_options["out_folder"])
+    run_on_main(prepare_pseudo_labels, kwargs=labels_options)
+    return Path(prepare_pseudo_labels(**labels_options))
+
+
+def run_ptapt_stage(
+    hparams: dict[str, Any],
+    run_opts: Any,
+    train_manifest: str | Path,
+    frame_folder: str | Path,
+    labels_folder: str | Path,
+) -> str:
+    """P-TAPT phase 2 of one fold (paper Fig. 1b): wav2vec2 trained to predict the
+    pseudo-labels of masked frames, then saved in transformers format to
+    ``ptapt_adapted_folder``.
+
+    Skipped when finished with the same settings, training data and pseudo-labels
+    (then the labels are not read), resumed from its checkpoints when interrupted;
+    stale results are refused (:mod:`speechbrain_ptapt.stage_cache`). The test
+    manifest is never read.
+
+    Arguments
+    ---------
+    hparams : dict
+        The fold's hparams (``ptapt_`` settings, ``fold`` set).
+    run_opts : RunOptions or dict
+        SpeechBrain's run options.
+    train_manifest : str or Path
+        The fold's training manifest (the utterances that were pseudo-labelled).
+    frame_folder : str or Path
+        The phase-1 model (recorded with the adapted backbone).
+    labels_folder : str or Path
+        The pseudo-labels (:func:`run_pseudo_label_stage`).
+
+    Returns
+    -------
+    str
+        The adapted backbone folder, for ``wav2vec2_hub``.
+    """
+    fold = str(hparams["fold"])
+    adapted = Path(hparams["ptapt_adapted_folder"])
+    _, cache = phase_2_cache(hparams, run_opts, frame_folder, train_manifest)
     if cache.is_done():
         logger.info("P-TAPT of fold %s is finished (%s), skipping it.", fold, adapted)
         return str(adapted)
 
-    run_on_main(prepare_pseudo_labels, kwargs=labels_options)
-    labels_folder = prepare_pseudo_labels(**labels_options)
     cache.guard_checkpoints()
 
     store = PseudoLabelStore(labels_folder)

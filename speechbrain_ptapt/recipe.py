@@ -1,17 +1,21 @@
-"""The flow every recipe shares: parse the command line, prepare the corpus on the
-main process, reduce each fold's training set when asked (data-efficiency sweep),
-optionally adapt the backbone once per fold (TAPT, P-TAPT), fine-tune ``runs``
-times per fold with the outlier rule (discard and re-run), and write the summary.
+"""What the recipe scripts share, so that each script reads as its method.
 
-A recipe script only names its data preparation (and adaptation stage), so the
-IEMOCAP and SAVEE recipes of one method differ only in yaml and preparation.
+A script (``recipes/<Dataset>/train_<method>.py``) runs SpeechBrain's prologue
+(:func:`parse_arguments`, ``ddp_init_group``, :func:`load_hparams`,
+``create_experiment_directory``, the corpus preparation on the main process), then
+for every fold: the fold's training data (:func:`training_subset`), the method's
+adaptation stages one call each, and :func:`fine_tuning_runs`, which records every
+run in :class:`ExperimentResults` (the summary files). The script's body runs inside
+:func:`user_errors_as_one_line`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,6 @@ from speechbrain_ptapt.experiment import (
     read_json,
     run_folder,
     run_hparams,
-    setup_logging,
     summarize,
     summary_markdown,
     write_json,
@@ -48,90 +51,209 @@ from speechbrain_ptapt.subsets import (
 )
 from speechbrain_ptapt.vft import fine_tune
 
+__all__ = [
+    "ExperimentResults",
+    "fine_tuning_runs",
+    "fold_names",
+    "load_hparams",
+    "parse_arguments",
+    "summary_markdown",
+    "training_subset",
+    "user_errors_as_one_line",
+]
+
 logger = logging.getLogger(__name__)
 
-#: ``adapt(fold, hparams_file, overrides, run_opts, manifests) -> backbone folder``
-AdaptStage = Callable[[str, str, dict, Any, dict], str]
 
-
-def run_recipe(
-    argv: Sequence[str],
-    script_file: str,
-    prepare: Callable[..., dict],
-    adapt: AdaptStage | None = None,
-) -> dict[str, Any]:
-    """Runs :func:`run_experiment`, reporting errors in the user's data or settings
+@contextmanager
+def user_errors_as_one_line() -> Iterator[None]:
+    """Runs a recipe's body, reporting an error in the user's data or settings
     (:class:`~speechbrain_ptapt.errors.PtaptError`) as one clear line (exit status 1)
-    instead of a traceback; any other exception is a bug and keeps its traceback."""
+    instead of a traceback; any other exception is a bug and keeps its traceback.
+    Until SpeechBrain sets up logging, this package's INFO logs go to the console."""
+    configure_stdout_logging()
     try:
-        return run_experiment(argv, script_file, prepare, adapt)
+        yield
     except PtaptError as err:
         message = " ".join(str(err).split())  # one line, whatever the library wrote
         logger.error("%s", message)
         sys.exit(f"error: {message}")
 
 
-def run_experiment(
-    argv: Sequence[str],
-    script_file: str,
-    prepare: Callable[..., dict],
-    adapt: AdaptStage | None = None,
-) -> dict[str, Any]:
-    """Runs a whole experiment from a recipe's command line.
-
-    For every fold: reduce the training manifest when ``train_fraction`` or
-    ``train_hours`` asks for it (:mod:`speechbrain_ptapt.subsets`; the reduced
-    manifest is what every later stage reads), adapt the backbone once (TAPT,
-    P-TAPT), then make ``runs`` fine-tuning runs and apply the outlier rule
-    (:mod:`speechbrain_ptapt.repeats`). The summary is rewritten after every run.
+def parse_arguments(argv: Sequence[str], script_file: str) -> tuple[str, Any, dict[str, Any]]:
+    """``sb.parse_arguments``, with the hparams file also looked up beside the script
+    and every ``--key=value`` override checked against the yaml (name, type, range)
+    before anything runs.
 
     Arguments
     ---------
     argv : sequence of str
-        ``sys.argv[1:]`` (hparams file, ``--key=value`` overrides, run options).
+        ``sys.argv[1:]``: the hparams file, overrides and SpeechBrain's run options.
     script_file : str
-        The recipe's ``__file__`` (hparams paths are also looked up beside it).
-    prepare : callable
-        The corpus preparation: ``prepare(data_folder=, save_folder=, folds=)``
-        returning ``{fold: {"train": manifest, "test": manifest}}``.
-    adapt : callable, optional
-        An adaptation stage run once per fold before fine-tuning, given the fold's
-        (possibly reduced) manifests; returns the adapted backbone folder, used as
-        ``wav2vec2_hub`` by every run of the fold.
+        The recipe's ``__file__``.
 
     Returns
     -------
-    dict
-        The summary (also written to ``<output_folder>/summary.json`` and ``.md``).
+    hparams_file : str
+        Absolute path of the yaml.
+    run_opts : RunOptions
+        SpeechBrain's run options (``--device``, ``--precision`` ...).
+    overrides : dict
+        The yaml overrides.
     """
-    configure_stdout_logging()
     hparams_file, run_opts, overrides = parse_recipe_arguments(argv, script_file)
     check_overrides(hparams_file, overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)
-    hparams = load_hparams(hparams_file, overrides)
-    output_folder = hparams["output_folder"]
-    setup_logging(output_folder, hparams_file, overrides)
-    folds = fold_names(hparams["folds"])
-    manifests = prepare_on_main(
-        prepare,
-        data_folder=hparams["data_folder"],
-        save_folder=hparams["manifest_folder"],
-        folds=folds,
+    return hparams_file, run_opts, overrides
+
+
+def training_subset(
+    hparams: Mapping[str, Any], fold: str, manifests: Mapping[str, Mapping[str, Any]]
+) -> TrainingSubset:
+    """The training utterances of ``fold``: all of them, or the nested random subset
+    that ``train_fraction`` / ``train_hours`` ask for (data-efficiency sweep, paper
+    Table 4), written beside the fold's manifest by the main process.
+
+    Every stage of the fold trains on ``subset.manifest``. A fold whose output folder
+    holds runs trained on other data is refused (:func:`check_training_data`).
+
+    Arguments
+    ---------
+    hparams : mapping
+        ``output_folder``, ``train_fraction``, ``train_hours``, ``subset_seed``.
+    fold : str
+        The held-out session or speaker.
+    manifests : mapping
+        The preparation's ``{fold: {"train": manifest, "test": manifest}}``.
+    """
+    if fold not in manifests:
+        raise KeyError(f"Fold '{fold}' was not prepared; available: {sorted(manifests)}")
+    subset = prepare_on_main(
+        make_training_subset,
+        train_manifest=manifests[fold]["train"],
+        options=SubsetOptions.from_hparams(hparams),
     )
-    method, dataset = hparams["method"], hparams["dataset"]
-    repeats = RepeatSettings.from_hparams(hparams)
-    subset_options = SubsetOptions.from_hparams(hparams)
-    info: dict[str, Any] = {
-        "backbone": str(hparams["wav2vec2_hub"]),
-        "classes": list(hparams["classes"]),
-        "repeats": repeats.record(),
-        "train_data": {
-            "train_fraction": subset_options.fraction,
-            "train_hours": subset_options.hours,
-            "subset_seed": subset_options.seed,
-        },
-    }
-    del hparams  # each run builds its own objects
+    check_training_data(hparams["output_folder"], fold, subset)
+    logger.info(
+        "Fold %s trains on %d of %d utterances (%.2f h of %.2f h, fraction %g): %s",
+        fold,
+        subset.utterances,
+        subset.full_utterances,
+        subset.hours,
+        subset.full_hours,
+        subset.fraction,
+        subset.manifest,
+    )
+    return subset
+
+
+class ExperimentResults:
+    """The runs of every fold, and ``summary.json`` / ``summary.md`` in
+    ``output_folder``, rewritten after every run (main process only).
+
+    Arguments
+    ---------
+    hparams : mapping
+        The experiment's hparams: ``output_folder``, ``method``, ``dataset``,
+        ``wav2vec2_hub``, ``classes``, the outlier-rule settings
+        (:class:`~speechbrain_ptapt.repeats.RepeatSettings`) and the training-subset
+        settings (:class:`~speechbrain_ptapt.subsets.SubsetOptions`), both checked here.
+    """
+
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        self.output_folder = Path(hparams["output_folder"])
+        self.method, self.dataset = hparams["method"], hparams["dataset"]
+        self.repeats = RepeatSettings.from_hparams(hparams)
+        subset_options = SubsetOptions.from_hparams(hparams)
+        self.info: dict[str, Any] = {
+            "backbone": str(hparams["wav2vec2_hub"]),
+            "classes": list(hparams["classes"]),
+            "repeats": self.repeats.record(),
+            "train_data": {
+                "train_fraction": subset_options.fraction,
+                "train_hours": subset_options.hours,
+                "subset_seed": subset_options.seed,
+            },
+        }
+        self.runs: dict[str, list[dict[str, Any]]] = {}
+        self.fold_info: dict[str, dict[str, Any]] = {}
+        warn_if_the_outlier_rule_cannot_act(self.repeats)
+
+    def add_training_data(self, fold: str, subset: TrainingSubset) -> None:
+        """Records the fold's training data (amount, subset manifest) for the summary."""
+        self.fold_info[fold] = training_data_record(subset)
+
+    def record_runs(self, fold: str, fold_runs: FoldRuns) -> None:
+        """Records the fold's runs so far (with the outlier rule's decisions), rewrites
+        the summary and the fold's ``repeats.json`` and marks discarded runs."""
+        self.runs[fold] = fold_runs.runs
+        self.fold_info[fold] = {**self.fold_info.get(fold, {}), **fold_runs.record()}
+        self.write_summary()
+        write_discard_records(self.output_folder, fold, fold_runs)
+
+    def write_summary(self) -> dict[str, Any]:
+        """Writes ``summary.json`` and ``summary.md``; returns the summary."""
+        summary = summarize(
+            self.runs, self.method, self.dataset, fold_info=self.fold_info, **self.info
+        )
+        write_summary(self.output_folder, summary)
+        return summary
+
+
+def fine_tuning_runs(
+    hparams_file: str,
+    overrides: dict[str, Any],
+    run_opts: Any,
+    fold: str,
+    train_manifest: str | Path,
+    test_manifest: str | Path,
+    results: ExperimentResults,
+) -> FoldRuns:
+    """The ``runs`` fine-tuning runs of one fold with the paper's outlier rule (Sec. 3.2).
+
+    Run ``r`` uses seed ``seed + r``; once the fold has its runs, a run whose UA lies
+    too far from the others is discarded and replaced by a run with the next unused
+    seed (:func:`~speechbrain_ptapt.repeats.repeat_runs`). Each run trains on
+    ``train_manifest`` and evaluates its last model on ``test_manifest``
+    (:func:`~speechbrain_ptapt.vft.fine_tune`) in ``<output_folder>/fold_<fold>/seed_<seed>``;
+    a finished run is read back from its ``result.json``, an interrupted one resumes.
+    ``results`` records each run as it ends.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The recipe's yaml.
+    overrides : dict
+        The user's overrides; TAPT and P-TAPT set ``wav2vec2_hub`` to the fold's
+        adapted backbone.
+    run_opts : RunOptions or dict
+        SpeechBrain's run options.
+    fold : str
+        The held-out session or speaker.
+    train_manifest, test_manifest : str or Path
+        The fold's (possibly reduced) training manifest and its test manifest.
+    results : ExperimentResults
+        Receives the runs; holds the outlier-rule settings.
+
+    Returns
+    -------
+    FoldRuns
+        Every run of the fold, discarded ones included.
+    """
+
+    def run(seed: int) -> dict[str, Any]:
+        # Each run loads the yaml again: its objects (wav2vec2 from wav2vec2_hub, the
+        # head, the masks, the checkpointer of its own folder) are built fresh after
+        # seeding with the run's seed, so no run inherits trained weights or random
+        # state from the runs before it, and each reproduces alone.
+        hparams = run_hparams(hparams_file, overrides, fold, seed)
+        return fine_tune(hparams, run_opts, train_manifest, test_manifest)
+
+    on_change: Callable[[FoldRuns], None] = functools.partial(results.record_runs, fold)
+    return repeat_runs(run, results.repeats, on_change=on_change)
+
+
+def warn_if_the_outlier_rule_cannot_act(repeats: RepeatSettings) -> None:
+    """Warns when with ``runs`` runs per fold no run can be an outlier."""
     if repeats.discard_outliers and repeats.runs > 1 and not repeats.rule_can_act():
         logger.warning(
             "With %d runs per fold no run can lie outside mean ± %g sample std of the runs "
@@ -141,64 +263,6 @@ def run_experiment(
             repeats.num_std,
             largest_possible_deviation(repeats.runs, repeats.reference),
         )
-    results: dict[str, list[dict]] = {}
-    fold_info: dict[str, dict[str, Any]] = {}
-
-    def save() -> dict[str, Any]:
-        summary = summarize(results, method, dataset, fold_info=fold_info, **info)
-        write_summary(output_folder, summary)
-        return summary
-
-    for fold in folds:
-        if fold not in manifests:
-            raise KeyError(f"Fold '{fold}' was not prepared; available: {sorted(manifests)}")
-        subset = prepare_on_main(
-            make_training_subset, train_manifest=manifests[fold]["train"], options=subset_options
-        )
-        check_training_data(output_folder, fold, subset)
-        fold_manifests = {**manifests[fold], "train": subset.manifest}
-        fold_info[fold] = training_data_record(subset)
-        logger.info(
-            "Fold %s trains on %d of %d utterances (%.2f h of %.2f h, fraction %g): %s",
-            fold,
-            subset.utterances,
-            subset.full_utterances,
-            subset.hours,
-            subset.full_hours,
-            subset.fraction,
-            subset.manifest,
-        )
-        fold_overrides = dict(overrides)
-        if adapt is not None:
-            fold_overrides["wav2vec2_hub"] = adapt(
-                fold, hparams_file, overrides, run_opts, fold_manifests
-            )
-
-        def record(fold_runs: FoldRuns, fold: str = fold) -> None:
-            results[fold] = fold_runs.runs
-            fold_info[fold] = {**fold_info[fold], **fold_runs.record()}
-            save()
-            write_discard_records(output_folder, fold, fold_runs)
-
-        run = fine_tuning_run(hparams_file, fold_overrides, run_opts, fold, fold_manifests)
-        repeat_runs(run, repeats, on_change=record)
-    summary = save()
-    if sb.utils.distributed.if_main_process():
-        print(summary_markdown(summary))
-    return summary
-
-
-def fine_tuning_run(
-    hparams_file: str, overrides: dict[str, Any], run_opts: Any, fold: str, manifests: dict
-) -> Callable[[int], dict[str, Any]]:
-    """``run(seed) -> result``: one fine-tuning run of ``fold`` on its (possibly
-    reduced) ``manifests``, read back from ``result.json`` when finished."""
-
-    def run(seed: int) -> dict[str, Any]:
-        hparams = run_hparams(hparams_file, overrides, fold, seed)
-        return fine_tune(hparams, run_opts, manifests["train"], manifests["test"])
-
-    return run
 
 
 def check_training_data(output_folder: str | Path, fold: str, subset: TrainingSubset) -> None:

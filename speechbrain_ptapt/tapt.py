@@ -46,7 +46,6 @@ from speechbrain_ptapt.backbone import load_feature_extractor, load_pretrained
 from speechbrain_ptapt.dataio import audio_pipeline, duration_batch_sampler
 from speechbrain_ptapt.distributed import unwrap
 from speechbrain_ptapt.errors import StageSettingsError
-from speechbrain_ptapt.experiment import load_hparams
 from speechbrain_ptapt.inference import normalize_waveforms, receptive_field_samples
 from speechbrain_ptapt.masking import TimeMask
 from speechbrain_ptapt.stage_cache import (
@@ -609,10 +608,8 @@ def adapted_cache(
     )
 
 
-def run_tapt_stage(
-    fold: str, hparams_file: str, overrides: dict[str, Any], run_opts: Any, manifests: dict
-) -> str:
-    """The TAPT stage of one fold, as a recipe's ``adapt`` step.
+def run_tapt_stage(hparams: dict[str, Any], run_opts: Any, train_manifest: str | Path) -> str:
+    """The TAPT stage of one fold.
 
     Adapts ``wav2vec2_hub`` on the audio of the fold's training manifest and writes
     it to ``tapt_adapted_folder`` (``<output_folder>/fold_<fold>/tapt/adapted_wav2vec2``).
@@ -621,16 +618,12 @@ def run_tapt_stage(
 
     Arguments
     ---------
-    fold : str
-        The fold (held-out session or speaker).
-    hparams_file : str
-        The recipe's yaml (TAPT settings under ``tapt_`` names).
-    overrides : dict
-        The user's yaml overrides.
+    hparams : dict
+        The fold's hparams (TAPT settings under ``tapt_`` names, ``fold`` set).
     run_opts : RunOptions or dict
         SpeechBrain's run options.
-    manifests : dict
-        ``{"train": manifest, "test": manifest}`` of the fold; only ``train`` is read.
+    train_manifest : str or Path
+        The fold's training manifest.
 
     Returns
     -------
@@ -643,8 +636,7 @@ def run_tapt_stage(
         When the fold's TAPT folder holds results or checkpoints of other settings or
         data (:mod:`speechbrain_ptapt.stage_cache`).
     """
-    hparams = load_hparams(hparams_file, {**overrides, "fold": fold})
-    train_manifest = manifests["train"]
+    fold = str(hparams["fold"])
     adapted = Path(hparams["tapt_adapted_folder"])
     cache = adapted_cache("TAPT", hparams, "tapt", tapt_fingerprint(hparams, train_manifest))
     if cache.is_done():

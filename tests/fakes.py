@@ -48,15 +48,17 @@ class FakeFineTune:
     """Replaces :func:`speechbrain_ptapt.vft.fine_tune`: returns a constructed UA per
     (fold, seed), writes ``result.json`` like a finished run and skips runs that
     have one; ``trained`` lists the (fold, seed) it actually "trained", ``manifests``
-    the training manifest of every call."""
+    the training manifest and ``backbones`` the ``wav2vec2_hub`` of every call."""
 
     def __init__(self, uas: Callable[[str, int], float]) -> None:
         self.uas = uas
         self.trained: list[tuple[str, int]] = []
         self.manifests: list[str] = []
+        self.backbones: list[str] = []
 
     def __call__(self, hparams: dict, run_opts: Any, train: str, test: str) -> dict:
         self.manifests.append(str(train))
+        self.backbones.append(str(hparams["wav2vec2_hub"]))
         folder = Path(hparams["run_folder"])
         result_file = folder / "result.json"
         if result_file.is_file():
@@ -75,3 +77,15 @@ class FakeFineTune:
         folder.mkdir(parents=True, exist_ok=True)
         result_file.write_text(json.dumps(result))
         return result
+
+
+def run_iemocap_recipe(method: str, argv: list[str], monkeypatch, prepare: Callable) -> None:
+    """Runs ``recipes/IEMOCAP/train_<method>.py ARGV`` in this process, with ``prepare``
+    standing in for its corpus preparation (``prepare_iemocap``)."""
+    import importlib
+
+    from conftest import IEMOCAP_RECIPES, run_recipe_script
+
+    monkeypatch.syspath_prepend(str(IEMOCAP_RECIPES))
+    monkeypatch.setattr(importlib.import_module("iemocap_prepare"), "prepare_iemocap", prepare)
+    run_recipe_script(IEMOCAP_RECIPES / f"train_{method}.py", argv, monkeypatch)

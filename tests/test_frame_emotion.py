@@ -129,6 +129,12 @@ def stage_overrides(ws: Workspace, output_folder: Path, **extra: Any) -> dict[st
     }
 
 
+def frame_stage(overrides: dict[str, Any], manifests: dict[str, Any]) -> Path:
+    """Phase 1 of ``FOLD`` on the fold's training manifest, as the P-TAPT recipe runs it."""
+    hparams = load_hparams(str(HPARAMS), {**overrides, "fold": FOLD}, run_objects=False)
+    return run_frame_stage(hparams, RUN_OPTS, manifests["train"])
+
+
 @dataclass
 class FinishedStage:
     """A phase-1 stage run to the end, with the utterance ids each stage saw."""
@@ -151,7 +157,7 @@ def finished_stage(workspace: Workspace) -> Iterator[FinishedStage]:
     overrides = stage_overrides(workspace, workspace.root / "finished")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FrameEmotionBrain, "compute_forward", recording)
-        final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+        final = frame_stage(overrides, workspace.manifests)
     yield FinishedStage(final, final.parent, overrides, seen)
 
 
@@ -411,7 +417,7 @@ def test_by_default_the_lowest_loss_of_one_validation_per_epoch_is_kept(
         patch.setattr(FrameEmotionModel, "forward", recording_model)
         patch.setattr(Checkpointer, "save_and_keep_only", recording_save)
         patch.setattr(frame_emotion, "classification_metrics", ua_rising_with_the_loss)
-        final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+        final = frame_stage(overrides, workspace.manifests)
 
     train_part = final.parent / "train_split.json"
     epoch_steps = len(manifest_ids(train_part)) // overrides["frame_batch_size"]
@@ -474,9 +480,7 @@ def test_finished_stage_is_skipped_on_rerun(
 
     monkeypatch.setattr(FrameEmotionBrain, "fit", no_training)
     before = (finished_stage.final / "frame_model.ckpt").stat().st_mtime_ns
-    final = run_frame_stage(
-        FOLD, str(HPARAMS), finished_stage.overrides, RUN_OPTS, workspace.manifests
-    )
+    final = frame_stage(finished_stage.overrides, workspace.manifests)
     assert final == finished_stage.final
     assert (final / "frame_model.ckpt").stat().st_mtime_ns == before
 
@@ -498,13 +502,13 @@ def test_a_stage_of_another_training_manifest_is_refused_then_recomputed_once_de
     # A trained stage is never retrained over, nor deleted, behind the user's back.
     before = {p: p.stat().st_mtime_ns for p in frame_folder.rglob("*") if p.is_file()}
     with pytest.raises(StageSettingsError) as refused:
-        run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, changed)
+        frame_stage(overrides, changed)
     message = str(refused.value)
     assert "train_manifest" in message and f"delete {frame_folder} " in message
     assert {p: p.stat().st_mtime_ns for p in frame_folder.rglob("*") if p.is_file()} == before
     # Deleted as the message says: trained again, on the new manifest.
     shutil.rmtree(frame_folder)
-    final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, changed)
+    final = frame_stage(overrides, changed)
     new = read_json(final / "frame_model.json")["settings"]
     assert new["train_manifest"] != old["train_manifest"]
     assert {k: v for k, v in new.items() if k != "train_manifest"} == {
@@ -534,7 +538,7 @@ def test_phase_1_batches_by_duration_when_frame_batch_seconds_is_set(
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FrameEmotionBrain, "compute_forward", recording)
-        final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+        final = frame_stage(overrides, workspace.manifests)
     assert len(batches) == overrides["frame_steps"]
     train = read_json(workspace.manifests["train"])
     durations = {key: float(item["duration"]) for key, item in train.items()}
@@ -577,7 +581,7 @@ def test_interrupted_stage_resumes_at_the_step_reached(
 
     monkeypatch.setattr(FrameEmotionBrain, "on_fit_batch_start", crash_at_step_6)
     with pytest.raises(Interrupted):
-        run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+        frame_stage(overrides, workspace.manifests)
     frame_folder = tmp_path / "interrupted" / f"fold_{FOLD}" / "frame_emotion"
     assert not (frame_folder / "final").exists()
 
@@ -586,7 +590,7 @@ def test_interrupted_stage_resumes_at_the_step_reached(
         original(self, batch, should_step)
 
     monkeypatch.setattr(FrameEmotionBrain, "on_fit_batch_start", recording)
-    final = run_frame_stage(FOLD, str(HPARAMS), overrides, RUN_OPTS, workspace.manifests)
+    final = frame_stage(overrides, workspace.manifests)
     assert started == [6, 7]
     assert read_json(final / "frame_model.json")["optimizer_steps"] == 8
     # Same crops, masks and batches as the uninterrupted stage: the same model.

@@ -253,3 +253,94 @@ def test_recipes_of_a_method_share_their_script_but_for_the_preparation():
         iemocap = code_without_docstring(REPO / rows["IEMOCAP", script]["Script_file"])
         savee = code_without_docstring(REPO / rows["SAVEE", script]["Script_file"])
         assert savee == iemocap.replace("iemocap", "savee"), script
+
+
+#: SpeechBrain's recipe prologue, in order, before the fold loop of every script.
+PROLOGUE = [
+    "parse_arguments",
+    "sb.utils.distributed.ddp_init_group",
+    "load_hparams",
+    "sb.create_experiment_directory",
+    "sb.utils.distributed.run_on_main",
+]
+
+#: The calls of each method's fold loop, in order: the training data, the fold's
+#: hparams (loaded once for its adaptation stages), the stages, the fine-tuning runs.
+FOLD_LOOPS = {
+    "train_vft.py": ["training_subset", "fine_tuning_runs"],
+    "train_tapt.py": ["training_subset", "load_hparams", "run_tapt_stage", "fine_tuning_runs"],
+    "train_ptapt.py": [
+        "training_subset",
+        "load_hparams",
+        "run_frame_stage",
+        "run_pseudo_label_stage",
+        "run_ptapt_stage",
+        "fine_tuning_runs",
+    ],
+}
+
+#: Calls of the prologue that are bookkeeping, not steps of the recipe.
+BOOKKEEPING = {"fold_names"}
+
+
+def _call_name(node: ast.Call) -> str:
+    """``a.b.c`` for a call of ``a.b.c(...)``; the method name for ``obj.method(...)``
+    on anything but a module path."""
+    parts, func = [], node.func
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if isinstance(func, ast.Name):
+        parts.append(func.id)
+    return ".".join(reversed(parts))
+
+
+def _calls(nodes: list[ast.stmt]) -> list[tuple[int, str]]:
+    """(line, name) of every call in ``nodes``, in source order."""
+    calls = [
+        (call.lineno, call.col_offset, _call_name(call))
+        for node in nodes
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call)
+    ]
+    return [(line, name) for line, _, name in sorted(calls)]
+
+
+def script_story(path: Path) -> tuple[list[str], list[tuple[int, str]], list[str]]:
+    """The calls a recipe script's ``__main__`` block makes before its fold loop, in
+    the loop (with their lines) and after it; the block must be one
+    ``with user_errors_as_one_line():``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    (main,) = [n for n in tree.body if isinstance(n, ast.If)]
+    assert ast.unparse(main.test) == "__name__ == '__main__'", path
+    (block,) = main.body
+    assert isinstance(block, ast.With), f"{path}: the __main__ block is one `with` block"
+    assert ast.unparse(block.items[0].context_expr) == "user_errors_as_one_line()", path
+    (loop,) = [n for n in block.body if isinstance(n, ast.For)]
+    at = block.body.index(loop)
+    before = [name for _, name in _calls(block.body[:at])]
+    after = [name for _, name in _calls(block.body[at + 1 :])]
+    return before, _calls(loop.body), after
+
+
+@pytest.mark.parametrize("dataset", ["IEMOCAP", "SAVEE"])
+@pytest.mark.parametrize("script", sorted(FOLD_LOOPS))
+def test_each_script_shows_the_prologue_and_one_commented_call_per_stage(dataset, script):
+    path = RECIPES / dataset / script
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 100, f"{path}: {len(lines)} lines; keep the story short"
+    before, loop, after = script_story(path)
+    steps = [name for name in before if name not in BOOKKEEPING]
+    prepare = f"prepare_{dataset.lower()}"
+    assert steps == [*PROLOGUE, prepare, "ExperimentResults"], path
+    assert [name for _, name in loop if name in FOLD_LOOPS[script]] == FOLD_LOOPS[script]
+    assert "results.write_summary" in after
+    # every stage after the fold's data: its own numbered comment citing the paper
+    stages = [(line, name) for line, name in loop if name in FOLD_LOOPS[script][1:]]
+    stages = [(line, name) for line, name in stages if name != "load_hparams"]
+    for number, (line, name) in enumerate(stages, start=1):
+        comment = lines[line - 2].strip()
+        if name == "fine_tuning_runs" and not comment.startswith("#"):
+            comment = lines[line - 3].strip()  # the runs' overrides come first
+        assert comment.startswith(f"# {number}. " if len(stages) > 1 else "# "), (path, name)
+        assert "Sec." in comment or "Fig." in comment, (path, name, comment)

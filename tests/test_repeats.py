@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import speechbrain.utils.logger
-from fakes import FakeFineTune, fake_prepare
+from fakes import FakeFineTune, fake_prepare, run_iemocap_recipe
 
 from speechbrain_ptapt import recipe
+from speechbrain_ptapt.experiment import summary_markdown
 from speechbrain_ptapt.repeats import (
     RepeatSettings,
     RepeatSettingsError,
@@ -181,11 +182,12 @@ FOLD_UAS = {
 
 
 def run_loop(out: Path, monkeypatch, *extra: str) -> tuple[dict, FakeFineTune]:
+    """The V-FT recipe script on a fake corpus with fake fine-tuning runs."""
     fake = FakeFineTune(lambda fold, seed: FOLD_UAS[fold][seed])
     monkeypatch.setattr(recipe, "fine_tune", fake)
     argv = [str(HPARAMS), f"--data_folder={out}", f"--output_folder={out}", *extra]
-    summary = recipe.run_experiment(argv, str(HPARAMS), fake_prepare())
-    return summary, fake
+    run_iemocap_recipe("vft", argv, monkeypatch, fake_prepare())
+    return json.loads((out / "summary.json").read_text()), fake
 
 
 def test_recipe_discards_reruns_and_records_the_decisions(tmp_path, monkeypatch):
@@ -210,8 +212,8 @@ def test_recipe_discards_reruns_and_records_the_decisions(tmp_path, monkeypatch)
     assert summary["mean"]["ua"] == pytest.approx(statistics.fmean(means))
     assert summary["mean"]["ua_std"] == pytest.approx(statistics.stdev(means))
     assert summary["repeats"]["max_reruns"] == 5
-    # on disk: the summary, the fold's decision log, a marker in each discarded run
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    # on disk: the summary table, the fold's decision log, a marker in each discarded run
+    assert (tmp_path / "summary.md").read_text() == summary_markdown(summary)
     log = json.loads((tmp_path / "fold_1" / "repeats.json").read_text())
     assert [r["seed"] for r in log["runs"] if r["discarded"]] == [1989, 1994]
     marker = json.loads((tmp_path / "fold_1" / "seed_1989" / "discarded.json").read_text())

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_recipe_script
 from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt import errors
@@ -32,7 +31,7 @@ from speechbrain_ptapt.inference import AudioError
 from speechbrain_ptapt.preparation import DataPreparationError
 from speechbrain_ptapt.pseudo_labels import PseudoLabelMismatchError, pseudo_labels_fingerprint
 from speechbrain_ptapt.ptapt import pseudo_label_options, ptapt_fingerprint
-from speechbrain_ptapt.recipe import run_recipe
+from speechbrain_ptapt.recipe import user_errors_as_one_line
 from speechbrain_ptapt.repeats import RepeatSettingsError
 from speechbrain_ptapt.stage_cache import StageCache, is_plain
 from speechbrain_ptapt.subsets import TrainingSubsetError
@@ -310,32 +309,25 @@ def test_every_user_facing_error_derives_from_one_base_and_keeps_its_builtin_cla
         assert issubclass(error, PtaptError) and issubclass(error, builtin), error
 
 
-def _run_recipe_raising(error: BaseException, monkeypatch) -> None:
-    def fail(*args: Any, **kwargs: Any) -> None:
+def _run_recipe_raising(error: BaseException) -> None:
+    """A recipe body, run as the scripts run theirs, that raises ``error``."""
+    with user_errors_as_one_line():
         raise error
 
-    monkeypatch.setattr("speechbrain_ptapt.recipe.run_experiment", fail)
-    run_recipe(["hparams/vft.yaml"], str(REPO / "recipes" / "IEMOCAP" / "train_vft.py"),
-               lambda **kwargs: {})
 
-
-def test_the_recipes_report_user_errors_in_one_line_and_bugs_with_their_traceback(
-    monkeypatch,
-):
+def test_the_recipes_report_user_errors_in_one_line_and_bugs_with_their_traceback():
     with pytest.raises(SystemExit) as exited:
-        _run_recipe_raising(MissingFileError("no such file: /data/x.json\n(say what to do)"),
-                            monkeypatch)
+        _run_recipe_raising(MissingFileError("no such file: /data/x.json\n(say what to do)"))
     assert exited.value.code == "error: no such file: /data/x.json (say what to do)"
     # A FileNotFoundError of a bug is no user error: it keeps its traceback.
     with pytest.raises(FileNotFoundError, match="internal"):
-        _run_recipe_raising(FileNotFoundError("internal"), monkeypatch)
+        _run_recipe_raising(FileNotFoundError("internal"))
 
 
 def test_a_missing_hparams_file_is_one_line_naming_it(tmp_path, monkeypatch):
     script = REPO / "recipes" / "IEMOCAP" / "train_vft.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "hparams/nowhere.yaml"])
     with pytest.raises(SystemExit) as exited:
-        run_recipe(sys.argv[1:], str(script), lambda **kwargs: {})
+        run_recipe_script(script, ["hparams/nowhere.yaml"], monkeypatch, cwd=tmp_path)
     message = exited.value.code
     assert isinstance(message, str) and message.startswith("error: Hyperparameter file")
     assert "hparams/nowhere.yaml" in message

@@ -118,13 +118,16 @@ def _recording(records: list[dict[str, Any]]):
     return compute_objectives
 
 
+def tapt_stage(corpus: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """TAPT of fold 1 on its training manifest, as the TAPT recipe runs it."""
+    hparams = load_hparams(str(TAPT_YAML), {**overrides, "fold": "1"}, run_objects=False)
+    return run_tapt_stage(hparams, RUN_OPTS, corpus["manifests"]["train"])
+
+
 def _run_stage(corpus, output_folder: Path, records: list, **extra: Any) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TAPTBrain, "compute_objectives", _recording(records))
-        folder = run_tapt_stage(
-            "1", str(TAPT_YAML), _overrides(corpus, output_folder, **extra), RUN_OPTS,
-            corpus["manifests"],
-        )
+        folder = tapt_stage(corpus, _overrides(corpus, output_folder, **extra))
     return Path(folder)
 
 
@@ -498,22 +501,12 @@ def test_finished_stage_is_skipped_and_changed_settings_are_refused(stage, corpu
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tapt, "train_tapt", no_training)
-        again = run_tapt_stage(
-            "1", str(TAPT_YAML), _overrides(corpus, stage["output"]), RUN_OPTS,
-            corpus["manifests"],
-        )
+        again = tapt_stage(corpus, _overrides(corpus, stage["output"]))
         assert Path(again) == stage["folder"]
         with pytest.raises(TAPTSettingsError, match="tapt_steps"):
-            run_tapt_stage(
-                "1", str(TAPT_YAML), _overrides(corpus, stage["output"], tapt_steps=STEPS + 1),
-                RUN_OPTS, corpus["manifests"],
-            )
+            tapt_stage(corpus, _overrides(corpus, stage["output"], tapt_steps=STEPS + 1))
         with pytest.raises(TAPTSettingsError, match="tapt_loss_reduction"):
-            run_tapt_stage(
-                "1", str(TAPT_YAML),
-                _overrides(corpus, stage["output"], tapt_loss_reduction="mean"),
-                RUN_OPTS, corpus["manifests"],
-            )
+            tapt_stage(corpus, _overrides(corpus, stage["output"], tapt_loss_reduction="mean"))
 
 
 def test_interrupted_tapt_resumes_at_the_step_it_reached(stage, corpus, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import speechbrain.utils.logger
 from conftest import REPO
-from fakes import CLASSES, FakeFineTune, fake_prepare, manifest
+from fakes import CLASSES, FakeFineTune, fake_prepare, manifest, run_iemocap_recipe
 
 from speechbrain_ptapt import ptapt, recipe, tapt
 from speechbrain_ptapt.subsets import (
@@ -127,14 +127,18 @@ def no_pip_freeze(monkeypatch):
 def test_adaptation_and_fine_tuning_read_the_subset_and_the_summary_records_it(
     tmp_path, monkeypatch
 ):
+    """The TAPT recipe script hands the reduced manifest to its adaptation stage and to
+    every fine-tuning run, which starts from the stage's backbone."""
     fake = FakeFineTune(lambda fold, seed: 0.7)
     monkeypatch.setattr(recipe, "fine_tune", fake)
-    adapted: list[dict] = []
+    adapted: list[str] = []
 
-    def adapt(fold, hparams_file, overrides, run_opts, manifests):
-        adapted.append(dict(manifests))
+    def tapt_stage(hparams, run_opts, train_manifest):
+        adapted.append(str(train_manifest))
+        assert hparams["fold"] == "5"
         return "adapted"
 
+    monkeypatch.setattr(tapt, "run_tapt_stage", tapt_stage)
     argv = [
         str(HPARAMS),
         f"--data_folder={tmp_path}",
@@ -143,10 +147,12 @@ def test_adaptation_and_fine_tuning_read_the_subset_and_the_summary_records_it(
         "--runs=2",
         "--train_fraction=0.25",
     ]
-    summary = recipe.run_experiment(argv, str(HPARAMS), fake_prepare(per_class=10), adapt)
+    run_iemocap_recipe("tapt", argv, monkeypatch, fake_prepare(per_class=10))
+    summary = json.loads((tmp_path / "summary.json").read_text())
     subset_file = tmp_path / "manifests" / "fold_5" / "train_fraction0.25_seed1986.json"
-    assert [m["train"] for m in adapted] == [str(subset_file)]
+    assert adapted == [str(subset_file)]
     assert set(fake.manifests) == {str(subset_file)}
+    assert fake.backbones == ["adapted", "adapted"]
     full = json.loads((tmp_path / "manifests" / "fold_5" / "train.json").read_text())
     subset = json.loads(subset_file.read_text())
     assert list(subset) == subset_ids(full, 0.25, 1986)
@@ -172,9 +178,9 @@ def test_other_training_data_in_the_same_output_folder_is_refused(tmp_path, monk
         "--folds=[5]",
         "--runs=1",
     ]
-    recipe.run_experiment([*argv, "--train_hours=1"], str(HPARAMS), fake_prepare())
-    with pytest.raises(TrainingSubsetError, match="one output_folder per amount"):
-        recipe.run_experiment([*argv, "--train_fraction=0.5"], str(HPARAMS), fake_prepare())
+    run_iemocap_recipe("vft", [*argv, "--train_hours=1"], monkeypatch, fake_prepare())
+    with pytest.raises(SystemExit, match="one output_folder per amount"):
+        run_iemocap_recipe("vft", [*argv, "--train_fraction=0.5"], monkeypatch, fake_prepare())
 
 
 class StageReached(Exception):
@@ -182,13 +188,12 @@ class StageReached(Exception):
 
 
 def test_every_ptapt_step_reads_the_subset(tmp_path, monkeypatch, tiny_wav2vec2):
-    """Phase 1, k-means (pseudo-labels) and phase 2 of the real P-TAPT stage all get
-    the reduced manifest (each step is replaced once it has been handed its data)."""
+    """Phase 1, k-means (pseudo-labels) and phase 2 of the P-TAPT recipe all get the
+    reduced manifest (each step is replaced once it has been handed its data)."""
     seen: dict[str, str] = {}
 
-    def frame_stage(fold, hparams_file, overrides, run_opts, manifests):
-        seen["phase 1"] = str(manifests["train"])
-        assert set(manifests) == {"train"}
+    def frame_stage(hparams, run_opts, train_manifest):
+        seen["phase 1"] = str(train_manifest)
         return str(tmp_path / "frame_model")
 
     def pseudo_labels(manifest, out_folder, **kwargs):
@@ -220,7 +225,7 @@ def test_every_ptapt_step_reads_the_subset(tmp_path, monkeypatch, tiny_wav2vec2)
         "--device=cpu",
     ]
     with pytest.raises(StageReached):
-        recipe.run_experiment(argv, str(IEMOCAP_HPARAMS), fake_prepare(), ptapt.run_ptapt_stage)
+        run_iemocap_recipe("ptapt", argv, monkeypatch, fake_prepare())
     subset = str(tmp_path / "manifests" / "fold_5" / "train_fraction0.5_seed1986.json")
     assert seen == {"phase 1": subset, "k-means": subset, "phase 2": subset}
 
@@ -243,7 +248,7 @@ def test_tapt_reads_the_subset(tmp_path, monkeypatch, tiny_wav2vec2):
         "--device=cpu",
     ]
     with pytest.raises(StageReached):
-        recipe.run_experiment(argv, str(IEMOCAP_HPARAMS), fake_prepare(), tapt.run_tapt_stage)
+        run_iemocap_recipe("tapt", argv, monkeypatch, fake_prepare())
     # 160 utterances x 90 s = 4 h: 0.5 h is three halvings
     assert seen == [str(tmp_path / "manifests" / "fold_5" / "train_fraction0.125_seed1986.json")]
 
