@@ -15,7 +15,7 @@ import speechbrain.utils.logger
 from conftest import REPO
 from fakes import CLASSES, FakeFineTune, fake_prepare, manifest, run_iemocap_recipe
 
-from speechbrain_ptapt import ptapt, recipe, tapt
+from speechbrain_ptapt import frame_emotion, ptapt, recipe, tapt
 from speechbrain_ptapt.subsets import (
     SubsetOptions,
     TrainingSubsetError,
@@ -194,7 +194,11 @@ def test_every_ptapt_step_reads_the_subset(tmp_path, monkeypatch, tiny_wav2vec2)
 
     def frame_stage(hparams, run_opts, train_manifest):
         seen["phase 1"] = str(train_manifest)
-        return str(tmp_path / "frame_model")
+        folder = tmp_path / "frame_model"  # files to hash, for the labels' fingerprint
+        folder.mkdir()
+        for name in ("frame_model.ckpt", "frame_model.json"):
+            (folder / name).write_text("phase 1")
+        return folder
 
     def pseudo_labels(manifest, out_folder, **kwargs):
         seen["k-means"] = str(manifest)
@@ -210,7 +214,7 @@ def test_every_ptapt_step_reads_the_subset(tmp_path, monkeypatch, tiny_wav2vec2)
         seen["phase 2"] = str(train_manifest)
         raise StageReached
 
-    monkeypatch.setattr(ptapt, "run_frame_stage", frame_stage)
+    monkeypatch.setattr(frame_emotion, "run_frame_stage", frame_stage)  # the script's import
     monkeypatch.setattr(ptapt, "prepare_pseudo_labels", pseudo_labels)
     monkeypatch.setattr(ptapt, "PseudoLabelStore", Store)
     monkeypatch.setattr(ptapt, "train_ptapt", phase_2)
