@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import speechbrain as sb
+import torch
 
 from speechbrain_ptapt.errors import PtaptError
 from speechbrain_ptapt.experiment import (
@@ -78,6 +79,11 @@ def user_errors_as_one_line() -> Iterator[None]:
         message = " ".join(str(err).split())  # one line, whatever the library wrote
         logger.error("%s", message)
         sys.exit(f"error: {message}")
+    finally:
+        # Under torchrun, leave the process group before the interpreter tears down
+        # the communication threads.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def parse_arguments(argv: Sequence[str], script_file: str) -> tuple[str, Any, dict[str, Any]]:
