@@ -7,7 +7,7 @@ On a corpus whose durations spread like IEMOCAP's (0.6 to 30 s, mean about
 - for each budget (``--batch_size`` × mean crop, and ``--budgets``, 250 s as the
   authors' TAPT and P-TAPT phase 2): batches per epoch, seconds of audio and
   utterances per batch, and the share of padded frames over a whole epoch of the
-  duration batches (``speechbrain_ptapt.dataio.duration_batch_sampler``) and of
+  duration batches (``speechbrain_ptapt.data.dataio.duration_batch_sampler``) and of
   random batches of as many utterances;
 - at the first budget, the seconds of (valid) audio trained per second of compute
   (forward, backward and Adam step of the V-FT model) over ``--timed_batches``
@@ -29,10 +29,10 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.dataio import duration_batch_sampler
-from speechbrain_ptapt.masking import ChannelMask, TimeMask
-from speechbrain_ptapt.vft import EmotionClassifier
+from speechbrain_ptapt.data.dataio import duration_batch_sampler
+from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.stages.vft import EmotionClassifier
 
 SAMPLE_RATE = 16000
 
@@ -70,7 +70,7 @@ def build_model(kind: str) -> EmotionClassifier:
     """The V-FT model on a randomly initialised tiny or base-size wav2vec2."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from speechbrain_ptapt.tiny import make_tiny_wav2vec2
+    from speechbrain_ptapt.testing.tiny import make_tiny_wav2vec2
 
     folder = tempfile.mkdtemp(prefix="bench_w2v2_")
     if kind == "tiny":

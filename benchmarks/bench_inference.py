@@ -1,10 +1,10 @@
-"""Inference speed of :class:`speechbrain_ptapt.inference.EmotionRecognizer` with the
+"""Inference speed of :class:`speechbrain_ptapt.deploy.inference.EmotionRecognizer` with the
 wav2vec2-base architecture.
 
 The model is wav2vec2-base's architecture (``transformers.Wav2Vec2Config()``
 defaults: 7 CNN layers, 12 transformer layers of 768 channels, 95 M parameters)
 with random weights and a 4-class head, saved to a temporary folder, exported
-with :func:`speechbrain_ptapt.export.write_inference_folder` and loaded with
+with :func:`speechbrain_ptapt.deploy.export.write_inference_folder` and loaded with
 ``EmotionRecognizer.from_hparams``: the same code path as a trained model.
 Random weights cost the same time as trained ones.
 
@@ -55,9 +55,9 @@ def make_base_model(folder: Path, n_classes: int = 4) -> Path:
     """
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-    from speechbrain_ptapt.export import write_inference_folder
-    from speechbrain_ptapt.vft import EmotionClassifier
+    from speechbrain_ptapt.deploy.export import write_inference_folder
+    from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+    from speechbrain_ptapt.stages.vft import EmotionClassifier
 
     torch.manual_seed(0)
     backbone_folder = folder / "wav2vec2-base-random"
@@ -94,7 +94,7 @@ def time_call(fn, device: str, repeats: int) -> tuple[list[float], list[float]]:
 
 def run(shapes, devices, precisions, repeats: int, folder: Path) -> list[dict]:
     """Times every (device, precision, shape); returns one row per combination."""
-    from speechbrain_ptapt.inference import EmotionRecognizer
+    from speechbrain_ptapt.deploy.inference import EmotionRecognizer
 
     rows = []
     for device in devices:

@@ -2,7 +2,7 @@
 
 Compares, on the same synthetic IEMOCAP-scale frame matrix and for each K:
 
-* ``ours``: :func:`speechbrain_ptapt.kmeans.fit_kmeans` (torch, Lloyd,
+* ``ours``: :func:`speechbrain_ptapt.pseudo_labels.kmeans.fit_kmeans` (torch, Lloyd,
   uniform random initialisation as faiss; ``--ours-init`` adds more rows,
   e.g. ``k-means++``);
 * ``faiss``: ``faiss.Kmeans`` from faiss-cpu, when importable (it is not a
@@ -162,7 +162,7 @@ def run_worker(spec: dict) -> dict:
         import torch
 
         sys.path.insert(0, str(REPO_ROOT))
-        from speechbrain_ptapt.kmeans import fit_kmeans
+        from speechbrain_ptapt.pseudo_labels.kmeans import fit_kmeans
 
         torch.set_num_threads(threads)
     elif method == "faiss":

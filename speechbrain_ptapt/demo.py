@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from speechbrain_ptapt.synthetic import make_iemocap
-from speechbrain_ptapt.tiny import make_tiny_wav2vec2
+from speechbrain_ptapt.testing.synthetic import make_iemocap
+from speechbrain_ptapt.testing.tiny import make_tiny_wav2vec2
 
 #: Overrides shared by every method: the tiny random model learns at a larger
 #: rate (3e-3 instead of the paper's 1e-4) and has only 32 channels, so the

@@ -25,7 +25,7 @@ TINY_VFT_OVERRIDES = [
 @pytest.fixture(scope="session")
 def tiny_wav2vec2(tmp_path_factory) -> Path:
     """A tiny random wav2vec2 folder (config.json, model.safetensors, preprocessor_config.json)."""
-    from speechbrain_ptapt.tiny import make_tiny_wav2vec2
+    from speechbrain_ptapt.testing.tiny import make_tiny_wav2vec2
 
     return make_tiny_wav2vec2(tmp_path_factory.mktemp("tiny_wav2vec2"), seed=0)
 
@@ -33,7 +33,7 @@ def tiny_wav2vec2(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def iemocap_corpus(tmp_path_factory):
     """The default synthetic IEMOCAP corpus (5 sessions, 240 turns, real layout and junk)."""
-    from speechbrain_ptapt.synthetic import make_iemocap
+    from speechbrain_ptapt.testing.synthetic import make_iemocap
 
     return make_iemocap(tmp_path_factory.mktemp("iemocap"), seed=0)
 

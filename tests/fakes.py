@@ -45,7 +45,7 @@ def fake_prepare(per_class: int = 10, seconds: float = 90.0) -> Callable[..., di
 
 
 class FakeFineTune:
-    """Replaces :func:`speechbrain_ptapt.vft.fine_tune`: returns a constructed UA per
+    """Replaces :func:`speechbrain_ptapt.stages.vft.fine_tune`: returns a constructed UA per
     (fold, seed), writes ``result.json`` like a finished run and skips runs that
     have one; ``trained`` lists the (fold, seed) it actually "trained", ``manifests``
     the training manifest and ``backbones`` the ``wav2vec2_hub`` of every call."""

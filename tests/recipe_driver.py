@@ -93,11 +93,11 @@ def install_recorder(folder: Path) -> None:
     """Records the training batches and the final weights of every Brain."""
     import speechbrain as sb
 
-    from speechbrain_ptapt.distributed import rank, unwrap
-    from speechbrain_ptapt.frame_emotion import FrameEmotionBrain
-    from speechbrain_ptapt.ptapt import PTAPTBrain
-    from speechbrain_ptapt.tapt import TAPTBrain
-    from speechbrain_ptapt.vft import VFTBrain
+    from speechbrain_ptapt.protocol.distributed import rank, unwrap
+    from speechbrain_ptapt.stages.frame_emotion import FrameEmotionBrain
+    from speechbrain_ptapt.stages.ptapt import PTAPTBrain
+    from speechbrain_ptapt.stages.tapt import TAPTBrain
+    from speechbrain_ptapt.stages.vft import VFTBrain
 
     folder.mkdir(parents=True, exist_ok=True)
 

@@ -7,11 +7,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechbrain_ptapt.backbone import BackboneLoadError, Wav2Vec2Backbone, wav2vec2_frame_lengths
-from speechbrain_ptapt.dataio import UnknownLabelError, check_labels, inverse_prior_weights
-from speechbrain_ptapt.inference import AudioError, load_audio, masked_mean, normalize_waveforms
-from speechbrain_ptapt.masking import ChannelMask, TimeMask
-from speechbrain_ptapt.vft import EmotionClassifier
+from speechbrain_ptapt.data.dataio import UnknownLabelError, check_labels, inverse_prior_weights
+from speechbrain_ptapt.deploy.inference import (
+    AudioError,
+    load_audio,
+    masked_mean,
+    normalize_waveforms,
+)
+from speechbrain_ptapt.models.backbone import (
+    BackboneLoadError,
+    Wav2Vec2Backbone,
+    wav2vec2_frame_lengths,
+)
+from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.stages.vft import EmotionClassifier
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from transformers import (
     WavLMModel,
 )
 
-from speechbrain_ptapt.backbone import (
+from speechbrain_ptapt.models.backbone import (
     AUTHORS_WAV2VEC2_REVISION,
     BackboneLoadError,
     Wav2Vec2Backbone,
@@ -31,12 +31,12 @@ from speechbrain_ptapt.backbone import (
     load_feature_extractor,
     load_pretrained,
 )
-from speechbrain_ptapt.experiment import load_hparams
-from speechbrain_ptapt.frame_emotion import build_frame_model
-from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
-from speechbrain_ptapt.ptapt import build_ptapt_model
-from speechbrain_ptapt.tapt import Wav2Vec2Pretraining, tapt_fingerprint
-from speechbrain_ptapt.tiny import tiny_wav2vec2_config
+from speechbrain_ptapt.protocol.experiment import load_hparams
+from speechbrain_ptapt.protocol.hparams_check import HparamsError, check_overrides
+from speechbrain_ptapt.stages.frame_emotion import build_frame_model
+from speechbrain_ptapt.stages.ptapt import build_ptapt_model
+from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining, tapt_fingerprint
+from speechbrain_ptapt.testing.tiny import tiny_wav2vec2_config
 
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "recipes").glob("*/hparams/*.yaml"))

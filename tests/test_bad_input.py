@@ -64,28 +64,28 @@ from conftest import REPO, run_recipe_script
 from test_pseudo_labels import StandInFrameModel
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
-from speechbrain_ptapt.errors import PtaptError
-from speechbrain_ptapt.experiment import load_hparams, parse_recipe_arguments
-from speechbrain_ptapt.frame_emotion import build_frame_model, frame_emotion_losses
-from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
-from speechbrain_ptapt.iemocap import parse_annotation_file, prepare_iemocap
-from speechbrain_ptapt.inference import load_audio
-from speechbrain_ptapt.kmeans import KMeansSettings
-from speechbrain_ptapt.masking import ChannelMask, TimeMask
-from speechbrain_ptapt.pseudo_labels import (
+from speechbrain_ptapt.data.dataio import emotion_dataset, make_label_encoder
+from speechbrain_ptapt.data.iemocap import parse_annotation_file, prepare_iemocap
+from speechbrain_ptapt.data.savee import prepare_savee
+from speechbrain_ptapt.deploy.inference import load_audio
+from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.protocol.errors import PtaptError
+from speechbrain_ptapt.protocol.experiment import load_hparams, parse_recipe_arguments
+from speechbrain_ptapt.protocol.hparams_check import HparamsError, check_overrides
+from speechbrain_ptapt.pseudo_labels.kmeans import KMeansSettings
+from speechbrain_ptapt.pseudo_labels.labels import (
     FINGERPRINT_FILE,
     PseudoLabelMismatchError,
     PseudoLabelStore,
     frame_geometry,
     prepare_pseudo_labels,
 )
-from speechbrain_ptapt.ptapt import build_ptapt_model, train_ptapt
-from speechbrain_ptapt.savee import prepare_savee
-from speechbrain_ptapt.synthetic import make_iemocap, make_savee
-from speechbrain_ptapt.tapt import Wav2Vec2Pretraining
-from speechbrain_ptapt.vft import EmotionClassifier
+from speechbrain_ptapt.stages.frame_emotion import build_frame_model, frame_emotion_losses
+from speechbrain_ptapt.stages.ptapt import build_ptapt_model, train_ptapt
+from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining
+from speechbrain_ptapt.stages.vft import EmotionClassifier
+from speechbrain_ptapt.testing.synthetic import make_iemocap, make_savee
 
 SR = 16000  # Hz
 CLASSES = ["neu", "hap", "sad", "ang"]
@@ -340,7 +340,7 @@ def test_an_empty_annotation_file_is_a_logged_skip_of_its_dialog(corpora, tmp_pa
     data = _copy(corpora.iemocap, tmp_path)
     emptied = _annotations(data, 1)[0]
     emptied.write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.iemocap"):
+    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.data.iemocap"):
         paths = prepare_iemocap(data, tmp_path / "save")
     assert any(str(emptied) in r.getMessage() and "left out" in r.getMessage()
                for r in caplog.records)
@@ -379,7 +379,7 @@ def test_savee_converts_other_rates_and_channels_with_a_counted_warning(
 ):
     data = _copy(corpora.savee, tmp_path)
     sf.write(str(data / "AudioData/KL/a01.wav"), _tone(0.4, rate, channels), rate)
-    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.savee"):
+    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.data.savee"):
         paths = prepare_savee(data, tmp_path / "save", folds=["KL"])
     copy = json.loads(paths["KL"]["test"].read_text())["KL_a01"]
     info = sf.info(copy["wav"])

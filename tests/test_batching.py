@@ -10,8 +10,8 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import ReproducibleRandomSampler
 
-from speechbrain_ptapt.dataio import DurationBatchSampler, duration_batch_sampler
-from speechbrain_ptapt.vft import train_loader_options
+from speechbrain_ptapt.data.dataio import DurationBatchSampler, duration_batch_sampler
+from speechbrain_ptapt.stages.vft import train_loader_options
 
 
 def _dataset(durations):

@@ -25,10 +25,10 @@ import torch
 from conftest import REPO
 from speechbrain.dataio.sampler import DistributedSamplerWrapper
 
-from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.dataio import DurationBatchSampler
-from speechbrain_ptapt.distributed import needs_unused_parameter_search, resize_share
-from speechbrain_ptapt.training import StageBrain
+from speechbrain_ptapt.data.dataio import DurationBatchSampler
+from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.protocol.distributed import needs_unused_parameter_search, resize_share
+from speechbrain_ptapt.stages.training import StageBrain
 
 DRIVER = REPO / "tests" / "recipe_driver.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

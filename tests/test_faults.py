@@ -25,10 +25,10 @@ import pytest
 import torch
 from conftest import REPO, run_recipe_script
 
-from speechbrain_ptapt.checkpointing import CONTENTS_FILE, Checkpointer
-from speechbrain_ptapt.errors import UnreadableCheckpointError
-from speechbrain_ptapt.synthetic import make_iemocap
-from speechbrain_ptapt.vft import VFTBrain
+from speechbrain_ptapt.protocol.checkpointing import CONTENTS_FILE, Checkpointer
+from speechbrain_ptapt.protocol.errors import UnreadableCheckpointError
+from speechbrain_ptapt.stages.vft import VFTBrain
+from speechbrain_ptapt.testing.synthetic import make_iemocap
 
 DRIVER = REPO / "tests" / "recipe_driver.py"
 
@@ -208,7 +208,7 @@ def test_unreadable_checkpoint_files_are_skipped_for_the_newest_readable_one(tmp
         (newer.path / "model.ckpt").write_bytes(saved)
         damage(newer.path / "model.ckpt")
         caplog.clear()
-        with caplog.at_level("WARNING", logger="speechbrain_ptapt.checkpointing"):
+        with caplog.at_level("WARNING", logger="speechbrain_ptapt.protocol.checkpointing"):
             recovered = checkpointer.recover_if_possible()
         assert recovered.path == older.path and torch.all(model.weight == 1.0)
         assert f"Skipping the checkpoint {newer.path}: its file model.ckpt {reason}" in (
@@ -348,7 +348,7 @@ def test_ptapt_killed_in_every_stage(reference, iemocap_corpus, tiny_wav2vec2, t
     args = recipe_args("ptapt", iemocap_corpus, tiny_wav2vec2, out)
     fold = out / "fold_1"
     labels = fold / "pseudo_labels"
-    module = "speechbrain_ptapt.pseudo_labels"
+    module = "speechbrain_ptapt.pseudo_labels.labels"
 
     # phase 1: the second validation's checkpoint (step 8 of 12), half written
     killed(run(args, kill=r"save:frame_emotion/save/.*model\.ckpt$:2"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from speechbrain_ptapt.fidelity import SETTINGS, fidelity_markdown, mismatches
+from speechbrain_ptapt.analysis.fidelity import SETTINGS, fidelity_markdown, mismatches
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,7 +18,7 @@ def test_the_readme_holds_the_current_table():
     text = README.read_text(encoding="utf-8")
     table = text.split("<!-- fidelity:start -->\n")[1].split("<!-- fidelity:end -->")[0]
     assert table == fidelity_markdown(), (
-        "README's fidelity table is stale: paste `python -m speechbrain_ptapt.fidelity`"
+        "README's fidelity table is stale: paste `python -m speechbrain_ptapt.analysis.fidelity`"
     )
 
 

@@ -17,13 +17,16 @@ import torch
 from speechbrain.utils.checkpoints import Checkpoint
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt import frame_emotion
-from speechbrain_ptapt.backbone import wav2vec2_frame_lengths
-from speechbrain_ptapt.checkpointing import Checkpointer
-from speechbrain_ptapt.dataio import emotion_dataset, make_label_encoder
-from speechbrain_ptapt.errors import StageSettingsError
-from speechbrain_ptapt.experiment import load_hparams, read_json, write_json
-from speechbrain_ptapt.frame_emotion import (
+from speechbrain_ptapt.data.dataio import emotion_dataset, make_label_encoder
+from speechbrain_ptapt.data.iemocap import prepare_iemocap
+from speechbrain_ptapt.models.backbone import wav2vec2_frame_lengths
+from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.models.wav2vec1 import Wav2Vec1, Wav2Vec1Config
+from speechbrain_ptapt.protocol.checkpointing import Checkpointer
+from speechbrain_ptapt.protocol.errors import StageSettingsError
+from speechbrain_ptapt.protocol.experiment import load_hparams, read_json, write_json
+from speechbrain_ptapt.stages import frame_emotion
+from speechbrain_ptapt.stages.frame_emotion import (
     FrameEmotionBrain,
     FrameEmotionModel,
     build_frame_model,
@@ -34,11 +37,8 @@ from speechbrain_ptapt.frame_emotion import (
     save_frame_model,
     split_validation,
 )
-from speechbrain_ptapt.iemocap import prepare_iemocap
-from speechbrain_ptapt.masking import ChannelMask, TimeMask
-from speechbrain_ptapt.synthetic import make_iemocap
-from speechbrain_ptapt.tiny import make_tiny_wav2vec2
-from speechbrain_ptapt.wav2vec1 import Wav2Vec1, Wav2Vec1Config
+from speechbrain_ptapt.testing.synthetic import make_iemocap
+from speechbrain_ptapt.testing.tiny import make_tiny_wav2vec2
 
 HPARAMS = Path(__file__).parent / "hparams" / "frame_emotion.yaml"
 CLASSES = ["neu", "hap", "sad", "ang"]
@@ -646,7 +646,11 @@ def test_yaml_defaults_follow_the_paper(tmp_path: Path) -> None:
 def test_recipe_options_of_validation_selection_and_kmeans_fitting_are_checked(
     dataset: str,
 ) -> None:
-    from speechbrain_ptapt.hparams_check import HparamsError, check_overrides, yaml_defaults
+    from speechbrain_ptapt.protocol.hparams_check import (
+        HparamsError,
+        check_overrides,
+        yaml_defaults,
+    )
 
     yaml = Path(__file__).parents[1] / "recipes" / dataset / "hparams" / "ptapt.yaml"
     good = {"frame_valid_every": 100, "frame_select_by": "valid_ua", "frame_valid_crop": "none"}

@@ -3,7 +3,7 @@
 Two kinds of corpora are used: small hand-written copies in the exact release
 format (annotation text with evaluator lines, AppleDouble files, ...) for the
 parser's edge cases and error messages, and a generated five-session corpus
-(:func:`speechbrain_ptapt.synthetic.make_iemocap`) for counts and folds.
+(:func:`speechbrain_ptapt.testing.synthetic.make_iemocap`) for counts and folds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechbrain_ptapt.iemocap import (
+from speechbrain_ptapt.data.iemocap import (
     IEMOCAP_4CLASS_TOTAL,
     IEMOCAP_ALL_CODES,
     IEMOCAP_CLASSES,
@@ -29,7 +29,7 @@ from speechbrain_ptapt.iemocap import (
     parse_iemocap,
     prepare_iemocap,
 )
-from speechbrain_ptapt.preparation import (
+from speechbrain_ptapt.data.preparation import (
     DataPreparationError,
     audio_info,
     is_prepared,
@@ -271,7 +271,7 @@ def test_folds_accept_strings_and_ints(small_corpus: Path, tmp_path: Path) -> No
 def test_full_copy_with_wrong_total_warns_loudly(
     small_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.iemocap"):
+    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.data.iemocap"):
         prepare_iemocap(small_corpus, tmp_path / "save", folds=[1])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -404,7 +404,7 @@ def test_partial_copy_warns_and_makes_one_fold_per_session(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     corpus = _make_small_corpus(tmp_path, sessions=(1, 2, 3))
-    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.iemocap"):
+    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.data.iemocap"):
         paths = prepare_iemocap(corpus, tmp_path / "save")
     assert list(paths) == ["1", "2", "3"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -449,13 +449,13 @@ def test_second_call_skips(
     before = _mtimes(save)
     assert (save / "preparation.json") in before
 
-    import speechbrain_ptapt.iemocap as iemocap
+    import speechbrain_ptapt.data.iemocap as iemocap
 
     def _fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("a prepared folder was written again")
 
     monkeypatch.setattr(iemocap, "write_json_atomic", _fail)
-    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.iemocap"):
+    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.data.iemocap"):
         second = prepare_iemocap(small_corpus, save, folds=["2", "1"])
     assert second == first
     assert _mtimes(save) == before
@@ -547,7 +547,7 @@ def test_recipe_script_runs_from_the_command_line(small_corpus: Path, tmp_path: 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory):
     """A generated five-session corpus and its prepared manifests."""
-    from speechbrain_ptapt.synthetic import make_iemocap
+    from speechbrain_ptapt.testing.synthetic import make_iemocap
 
     base = tmp_path_factory.mktemp("generated")
     corpus = make_iemocap(base / "corpus", seed=0, junk=True)
@@ -632,13 +632,13 @@ def test_generated_junk_is_present_and_ignored(generated) -> None:
 def test_partial_generated_copy_warns_and_makes_three_folds(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from speechbrain_ptapt.synthetic import make_iemocap
+    from speechbrain_ptapt.testing.synthetic import make_iemocap
 
     corpus = make_iemocap(
         tmp_path / "corpus", sessions=(1, 2, 3), dialogs_per_session=1, turns_per_dialog=8,
         min_seconds=0.3, max_seconds=0.5,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.iemocap"):
+    with caplog.at_level(logging.WARNING, logger="speechbrain_ptapt.data.iemocap"):
         paths = prepare_iemocap(corpus.root, tmp_path / "save")
     assert list(paths) == ["1", "2", "3"]
     assert any("Session4, Session5 missing" in r.getMessage() for r in caplog.records)

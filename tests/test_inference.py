@@ -19,8 +19,8 @@ import soundfile as sf
 import torch
 from conftest import IEMOCAP_RECIPES, TINY_VFT_OVERRIDES, run_recipe_script
 
-from speechbrain_ptapt import export, inference
-from speechbrain_ptapt.inference import EmotionRecognizer, chunk_bounds
+from speechbrain_ptapt.deploy import export, inference
+from speechbrain_ptapt.deploy.inference import EmotionRecognizer, chunk_bounds
 
 CLASSES = ["neu", "hap", "sad", "ang"]
 TOLERANCE = 1e-5
@@ -42,7 +42,7 @@ print("RESULTS " + json.dumps(results))
 """
 
 FROM_HPARAMS = (
-    "from speechbrain_ptapt.inference import EmotionRecognizer",
+    "from speechbrain_ptapt.deploy.inference import EmotionRecognizer",
     "EmotionRecognizer.from_hparams(source=folder, savedir=savedir)",
 )
 
@@ -109,7 +109,7 @@ def pushed(vft_fold, tmp_path_factory):
     cmd = [
         sys.executable,
         "-m",
-        "speechbrain_ptapt.export",
+        "speechbrain_ptapt.deploy.export",
         str(vft_fold),
         str(target),
         "--push_to_hub",
@@ -361,7 +361,10 @@ def test_classify_cli_reports_bad_files_and_classifies_the_others(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "speechbrain_ptapt.classify", str(model_folder), *files, "--json"],
+        [
+            sys.executable, "-m", "speechbrain_ptapt.deploy.classify",
+            str(model_folder), *files, "--json",
+        ],
         cwd=cwd,
         env=_offline_env(tmp_path),
         capture_output=True,
@@ -427,9 +430,9 @@ def test_long_recording_is_encoded_in_bounded_frame_weighted_chunks(recognizer, 
 
 def test_interface_matches_the_training_model_on_padded_batches(tiny_wav2vec2, tmp_path):
     """Same weights in the recipe's EmotionClassifier (eval mode) and in the interface."""
-    from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-    from speechbrain_ptapt.export import write_inference_folder
-    from speechbrain_ptapt.vft import EmotionClassifier
+    from speechbrain_ptapt.deploy.export import write_inference_folder
+    from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+    from speechbrain_ptapt.stages.vft import EmotionClassifier
 
     torch.manual_seed(3)
     classifier = EmotionClassifier(Wav2Vec2Backbone(str(tiny_wav2vec2)), 4).eval()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from speechbrain_ptapt.kmeans import (
+from speechbrain_ptapt.pseudo_labels.kmeans import (
     KMeansResult,
     KMeansSettings,
     _accumulate,
@@ -170,7 +170,7 @@ def test_empty_clusters_are_reseeded_from_far_points(caplog: pytest.LogCaptureFi
     points = np.zeros((22, 3), dtype=np.float32)
     points[20] = [10.0, 0.0, 0.0]
     points[21] = [0.0, 10.0, 0.0]
-    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.kmeans"):
+    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.pseudo_labels.kmeans"):
         result = fit_kmeans(points, 3, seed=0, device="cpu", verbose=True)
     assert np.isfinite(result.centroids).all()
     labels = assign_clusters(points, result.centroids, device="cpu")

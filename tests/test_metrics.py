@@ -2,7 +2,7 @@
 
 import pytest
 
-from speechbrain_ptapt.metrics import classification_metrics
+from speechbrain_ptapt.analysis.metrics import classification_metrics
 
 
 def test_unweighted_accuracy_is_mean_per_class_recall():

@@ -19,12 +19,12 @@ import speechbrain as sb
 import torch
 from conftest import IEMOCAP_RECIPES, run_recipe_script
 
-from speechbrain_ptapt.frame_emotion import FrameEmotionBrain
-from speechbrain_ptapt.ptapt import PTAPTBrain
-from speechbrain_ptapt.synthetic import make_iemocap
-from speechbrain_ptapt.tapt import TAPTBrain
-from speechbrain_ptapt.training import with_default_precision
-from speechbrain_ptapt.vft import VFTBrain
+from speechbrain_ptapt.stages.frame_emotion import FrameEmotionBrain
+from speechbrain_ptapt.stages.ptapt import PTAPTBrain
+from speechbrain_ptapt.stages.tapt import TAPTBrain
+from speechbrain_ptapt.stages.training import with_default_precision
+from speechbrain_ptapt.stages.vft import VFTBrain
+from speechbrain_ptapt.testing.synthetic import make_iemocap
 
 BRAINS = (VFTBrain, TAPTBrain, PTAPTBrain, FrameEmotionBrain)
 

@@ -25,12 +25,12 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from torch import nn
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt import pseudo_labels
-from speechbrain_ptapt.backbone import Wav2Vec2Backbone
-from speechbrain_ptapt.iemocap import prepare_iemocap
-from speechbrain_ptapt.inference import load_audio
-from speechbrain_ptapt.kmeans import KMeansSettings, assign_clusters, fit_kmeans
-from speechbrain_ptapt.pseudo_labels import (
+from speechbrain_ptapt.data.iemocap import prepare_iemocap
+from speechbrain_ptapt.deploy.inference import load_audio
+from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.pseudo_labels import labels as pseudo_labels
+from speechbrain_ptapt.pseudo_labels.kmeans import KMeansSettings, assign_clusters, fit_kmeans
+from speechbrain_ptapt.pseudo_labels.labels import (
     IGNORE_INDEX,
     FeatureDump,
     PseudoLabelMismatchError,
@@ -42,7 +42,7 @@ from speechbrain_ptapt.pseudo_labels import (
     prepare_pseudo_labels,
     write_labels,
 )
-from speechbrain_ptapt.synthetic import make_iemocap
+from speechbrain_ptapt.testing.synthetic import make_iemocap
 
 SAMPLE_RATE = 16000  # Hz
 HOP = 320  # samples per 20 ms frame
@@ -475,7 +475,7 @@ def test_another_seeding_refits_the_codebooks_on_the_same_features(
 
 
 def test_pseudo_labels_run_on_the_kmeans_device_else_the_runs_device():
-    from speechbrain_ptapt.ptapt import pseudo_label_device
+    from speechbrain_ptapt.stages.ptapt import pseudo_label_device
 
     assert pseudo_label_device({"kmeans_device": "cuda:1"}, {"device": "cpu"}) == "cuda:1"
     assert pseudo_label_device({"kmeans_device": None}, {"device": "cuda:2"}) == "cuda:2"

@@ -11,13 +11,13 @@ import pytest
 from conftest import IEMOCAP_RECIPES, run_recipe_script
 from transformers import PreTrainedModel
 
-from speechbrain_ptapt import backbone
+from speechbrain_ptapt.models import backbone
 
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     """Five sessions of 8 turns each: enough for one quick fold of every stage."""
-    from speechbrain_ptapt.synthetic import make_iemocap
+    from speechbrain_ptapt.testing.synthetic import make_iemocap
 
     return make_iemocap(
         tmp_path_factory.mktemp("small_iemocap"), dialogs_per_session=1, turns_per_dialog=8
@@ -54,7 +54,7 @@ def test_one_ptapt_fold_builds_each_wav2vec2_it_uses_once(
 
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(from_pretrained))
     monkeypatch.setattr(backbone.Wav2Vec2Backbone, "__init__", backbone_init)
-    import speechbrain_ptapt.experiment as experiment
+    import speechbrain_ptapt.protocol.experiment as experiment
 
     monkeypatch.setattr(experiment, "load_hyperpyyaml", load_hyperpyyaml)
     out = tmp_path / "out"

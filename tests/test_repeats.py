@@ -12,9 +12,9 @@ import pytest
 import speechbrain.utils.logger
 from fakes import FakeFineTune, fake_prepare, run_iemocap_recipe
 
-from speechbrain_ptapt import recipe
-from speechbrain_ptapt.experiment import summary_markdown
-from speechbrain_ptapt.repeats import (
+from speechbrain_ptapt.protocol import recipe
+from speechbrain_ptapt.protocol.experiment import summary_markdown
+from speechbrain_ptapt.protocol.repeats import (
     RepeatSettings,
     RepeatSettingsError,
     find_outlier,

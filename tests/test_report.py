@@ -12,8 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from speechbrain_ptapt.experiment import summarize, write_json
-from speechbrain_ptapt.report import (
+from speechbrain_ptapt.analysis.report import (
     bootstrap_ci,
     improvement_ratio,
     main,
@@ -21,6 +20,7 @@ from speechbrain_ptapt.report import (
     sign_flip_test,
     write_report,
 )
+from speechbrain_ptapt.protocol.experiment import summarize, write_json
 
 CLASSES = ["neu", "hap"]
 

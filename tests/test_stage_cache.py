@@ -19,24 +19,27 @@ import pytest
 from conftest import REPO, run_recipe_script
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt import errors
-from speechbrain_ptapt.backbone import BackboneLoadError
-from speechbrain_ptapt.dataio import UnknownLabelError
-from speechbrain_ptapt.errors import MissingFileError, PtaptError, StageSettingsError
-from speechbrain_ptapt.experiment import load_hparams
-from speechbrain_ptapt.export import ExportError
-from speechbrain_ptapt.frame_emotion import frame_fingerprint
-from speechbrain_ptapt.hparams_check import HparamsError
-from speechbrain_ptapt.inference import AudioError
-from speechbrain_ptapt.preparation import DataPreparationError
-from speechbrain_ptapt.pseudo_labels import PseudoLabelMismatchError, pseudo_labels_fingerprint
-from speechbrain_ptapt.ptapt import pseudo_label_options, ptapt_fingerprint
-from speechbrain_ptapt.recipe import user_errors_as_one_line
-from speechbrain_ptapt.repeats import RepeatSettingsError
-from speechbrain_ptapt.stage_cache import StageCache, is_plain
-from speechbrain_ptapt.subsets import TrainingSubsetError
-from speechbrain_ptapt.tapt import TAPTSettingsError, tapt_fingerprint
-from speechbrain_ptapt.wav2vec1 import Wav2Vec1CheckpointError
+from speechbrain_ptapt.data.dataio import UnknownLabelError
+from speechbrain_ptapt.data.preparation import DataPreparationError
+from speechbrain_ptapt.data.subsets import TrainingSubsetError
+from speechbrain_ptapt.deploy.export import ExportError
+from speechbrain_ptapt.deploy.inference import AudioError
+from speechbrain_ptapt.models.backbone import BackboneLoadError
+from speechbrain_ptapt.models.wav2vec1 import Wav2Vec1CheckpointError
+from speechbrain_ptapt.protocol import errors
+from speechbrain_ptapt.protocol.errors import MissingFileError, PtaptError, StageSettingsError
+from speechbrain_ptapt.protocol.experiment import load_hparams
+from speechbrain_ptapt.protocol.hparams_check import HparamsError
+from speechbrain_ptapt.protocol.recipe import user_errors_as_one_line
+from speechbrain_ptapt.protocol.repeats import RepeatSettingsError
+from speechbrain_ptapt.protocol.stage_cache import StageCache, is_plain
+from speechbrain_ptapt.pseudo_labels.labels import (
+    PseudoLabelMismatchError,
+    pseudo_labels_fingerprint,
+)
+from speechbrain_ptapt.stages.frame_emotion import frame_fingerprint
+from speechbrain_ptapt.stages.ptapt import pseudo_label_options, ptapt_fingerprint
+from speechbrain_ptapt.stages.tapt import TAPTSettingsError, tapt_fingerprint
 
 HPARAMS = REPO / "recipes" / "IEMOCAP" / "hparams"
 
@@ -270,7 +273,7 @@ def test_derived_data_is_computed_again_when_stale(tmp_path, caplog):
     cache({"seed": 1}).publish()
     assert json.loads((tmp_path / "fingerprint.json").read_text()) == {"seed": 1}
     assert cache({"seed": 1}).is_done([output])
-    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.stage_cache"):
+    with caplog.at_level(logging.INFO, logger="speechbrain_ptapt.protocol.stage_cache"):
         assert not cache({"seed": 2}).is_done([output])
     assert "differs in: seed (1 -> 2)" in caplog.text
     (tmp_path / "fingerprint.json").write_text('{"seed": ')  # cut short

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechbrain_ptapt import synthetic
-from speechbrain_ptapt.synthetic import (
+from speechbrain_ptapt.testing import synthetic
+from speechbrain_ptapt.testing.synthetic import (
     IEMOCAP_HEADER,
     SyntheticCorpus,
     make_iemocap,

@@ -1,8 +1,8 @@
 """Tests of TAPT (task-adaptive pretraining) and of the domain-shift meter.
 
-A tiny random wav2vec2 (:func:`speechbrain_ptapt.tiny.make_tiny_wav2vec2`) is
+A tiny random wav2vec2 (:func:`speechbrain_ptapt.testing.tiny.make_tiny_wav2vec2`) is
 adapted on the training sessions of a generated five-session IEMOCAP
-(:func:`speechbrain_ptapt.synthetic.make_iemocap`, fold 1 = Session1 held out).
+(:func:`speechbrain_ptapt.testing.synthetic.make_iemocap`, fold 1 = Session1 held out).
 One uninterrupted TAPT stage is shared by most tests; the resume test reruns
 the same stage with an interruption and must end with identical weights.
 """
@@ -25,16 +25,15 @@ from safetensors.torch import load_file
 from speechbrain.dataio.dataset import DynamicItemDataset
 from transformers import Wav2Vec2ForPreTraining
 
-from speechbrain_ptapt import tapt
-from speechbrain_ptapt.checkpointing import Checkpointer
-from speechbrain_ptapt.dataio import duration_batch_sampler
-from speechbrain_ptapt.domain_shift import audio_files, main, pretraining_loss
-from speechbrain_ptapt.errors import UnreadableCheckpointError
-from speechbrain_ptapt.experiment import load_hparams
-from speechbrain_ptapt.hparams_check import HparamsError, check_overrides
-from speechbrain_ptapt.iemocap import prepare_iemocap
-from speechbrain_ptapt.synthetic import make_iemocap
-from speechbrain_ptapt.tapt import (
+from speechbrain_ptapt.analysis.domain_shift import audio_files, main, pretraining_loss
+from speechbrain_ptapt.data.dataio import duration_batch_sampler
+from speechbrain_ptapt.data.iemocap import prepare_iemocap
+from speechbrain_ptapt.protocol.checkpointing import Checkpointer
+from speechbrain_ptapt.protocol.errors import UnreadableCheckpointError
+from speechbrain_ptapt.protocol.experiment import load_hparams
+from speechbrain_ptapt.protocol.hparams_check import HparamsError, check_overrides
+from speechbrain_ptapt.stages import tapt
+from speechbrain_ptapt.stages.tapt import (
     MARKER_FILE,
     TAPTBrain,
     TAPTSettingsError,
@@ -42,8 +41,9 @@ from speechbrain_ptapt.tapt import (
     run_tapt_stage,
     tapt_fingerprint,
 )
-from speechbrain_ptapt.tiny import make_tiny_wav2vec2
-from speechbrain_ptapt.training import WarmupFlatLinearDecay
+from speechbrain_ptapt.stages.training import WarmupFlatLinearDecay
+from speechbrain_ptapt.testing.synthetic import make_iemocap
+from speechbrain_ptapt.testing.tiny import make_tiny_wav2vec2
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "IEMOCAP"
@@ -586,7 +586,7 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_readable_one(
         path.write_bytes(saved[path])
     records: list[dict[str, Any]] = []
     caplog.clear()
-    with caplog.at_level("WARNING", logger="speechbrain_ptapt.checkpointing"):
+    with caplog.at_level("WARNING", logger="speechbrain_ptapt.protocol.checkpointing"):
         folder = _run_stage(corpus, tmp_path, records, tapt_ckpt_interval_steps=interval)
     skipped = [m for m in caplog.messages if "Skipping the checkpoint" in m]
     assert len(skipped) == 1 and str(newest.path) in skipped[0]

@@ -15,14 +15,15 @@ import speechbrain.utils.logger
 from conftest import REPO
 from fakes import CLASSES, FakeFineTune, fake_prepare, manifest, run_iemocap_recipe
 
-from speechbrain_ptapt import frame_emotion, ptapt, recipe, tapt
-from speechbrain_ptapt.subsets import (
+from speechbrain_ptapt.data.subsets import (
     SubsetOptions,
     TrainingSubsetError,
     halving_level_for_hours,
     make_training_subset,
     subset_ids,
 )
+from speechbrain_ptapt.protocol import recipe
+from speechbrain_ptapt.stages import frame_emotion, ptapt, tapt
 
 HPARAMS = Path(__file__).resolve().parent / "hparams" / "repeats.yaml"
 IEMOCAP_HPARAMS = REPO / "recipes" / "IEMOCAP" / "hparams"
@@ -292,7 +293,7 @@ def test_sweep_driver_runs_every_method_at_every_amount_then_the_report(tmp_path
     ]
     assert commands[-1][1:] == [
         "-m",
-        "speechbrain_ptapt.report",
+        "speechbrain_ptapt.analysis.report",
         str(tmp_path),
         "--out",
         str(tmp_path / "report"),

@@ -1,4 +1,4 @@
-"""The shared training loop (``speechbrain_ptapt.training``) on a toy stage: SpeechBrain's
+"""The shared training loop (``speechbrain_ptapt.stages.training``) on a toy stage: SpeechBrain's
 ``fit`` over passes of the stage's sampler up to ``optimizer_step_limit``, checkpoints
 every N optimizer steps over the whole stage, exact resume in the middle of a pass,
 ``set_epoch`` on a sampler given to ``fit``, and the run options a stage's yaml mapping
@@ -18,9 +18,9 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from speechbrain_ptapt.checkpointing import Checkpointer
-from speechbrain_ptapt.dataio import DurationBatchSampler
-from speechbrain_ptapt.training import StepStageBrain, WarmupFlatLinearDecay
+from speechbrain_ptapt.data.dataio import DurationBatchSampler
+from speechbrain_ptapt.protocol.checkpointing import Checkpointer
+from speechbrain_ptapt.stages.training import StepStageBrain, WarmupFlatLinearDecay
 
 RUN_OPTS = {"device": "cpu", "noprogressbar": True}
 DURATIONS = [1.0 + 0.25 * (i % 7) for i in range(30)]  # 30 utterances, 1 to 2.5 s

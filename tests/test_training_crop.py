@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-import speechbrain_ptapt.dataio as dataio
-import speechbrain_ptapt.vft as vft
-from speechbrain_ptapt.experiment import load_hparams
-from speechbrain_ptapt.hparams_check import HparamsError, check_overrides, yaml_defaults
-from speechbrain_ptapt.inference import load_audio
-from speechbrain_ptapt.vft import fine_tune
+import speechbrain_ptapt.data.dataio as dataio
+import speechbrain_ptapt.stages.vft as vft
+from speechbrain_ptapt.deploy.inference import load_audio
+from speechbrain_ptapt.protocol.experiment import load_hparams
+from speechbrain_ptapt.protocol.hparams_check import HparamsError, check_overrides, yaml_defaults
+from speechbrain_ptapt.stages.vft import fine_tune
 
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "recipes").glob("*/hparams/*.yaml"))

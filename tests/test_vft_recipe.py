@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import IEMOCAP_RECIPES, REPO, TINY_VFT_OVERRIDES, run_recipe_script
 
-from speechbrain_ptapt import vft
+from speechbrain_ptapt.stages import vft
 
 
 @pytest.fixture(scope="module")

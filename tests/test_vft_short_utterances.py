@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import IEMOCAP_RECIPES, run_recipe_script
 
-from speechbrain_ptapt.synthetic import make_iemocap
+from speechbrain_ptapt.testing.synthetic import make_iemocap
 
 #: A short V-FT run with the tiny model (about 25 steps per epoch).
 OPTIONS = [

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from speechbrain_ptapt.wav2vec1 import (
+from speechbrain_ptapt.models.wav2vec1 import (
     WAV2VEC1_LARGE_URL,
     Wav2Vec1,
     Wav2Vec1CheckpointError,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechbrain_ptapt.backbone import Wav2Vec2Backbone, load_feature_extractor
-from speechbrain_ptapt.experiment import load_hparams
-from speechbrain_ptapt.hparams_check import check_overrides, yaml_defaults
-from speechbrain_ptapt.ptapt import build_ptapt_model
-from speechbrain_ptapt.tapt import Wav2Vec2Pretraining, tapt_fingerprint
+from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone, load_feature_extractor
+from speechbrain_ptapt.protocol.experiment import load_hparams
+from speechbrain_ptapt.protocol.hparams_check import check_overrides, yaml_defaults
+from speechbrain_ptapt.stages.ptapt import build_ptapt_model
+from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining, tapt_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "recipes").glob("*/hparams/*.yaml"))

@@ -93,7 +93,10 @@ def sweep_commands(
                 ]
             )
     commands.append(
-        [sys.executable, "-m", "speechbrain_ptapt.report", str(root), "--out", str(root / "report")]
+        [
+            sys.executable, "-m", "speechbrain_ptapt.analysis.report",
+            str(root), "--out", str(root / "report"),
+        ]
     )
     return commands
 

@@ -3,7 +3,7 @@
 Writes leave-one-session-out 4-class manifests (neu, hap+exc, sad, ang):
 ``SAVE_FOLDER/fold_<k>/train.json`` and ``SAVE_FOLDER/fold_<k>/test.json``
 for each session ``k``, from the released ``IEMOCAP_full_release`` folder.
-The work lives in :mod:`speechbrain_ptapt.iemocap`; this script re-exports
+The work lives in :mod:`speechbrain_ptapt.data.iemocap`; this script re-exports
 ``prepare_iemocap`` for the training scripts and runs it from the command line:
 
     python iemocap_prepare.py /path/to/IEMOCAP_full_release /path/to/save_folder
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from speechbrain_ptapt.iemocap import prepare_iemocap
-from speechbrain_ptapt.preparation import preparation_command
+from speechbrain_ptapt.data.iemocap import prepare_iemocap
+from speechbrain_ptapt.data.preparation import preparation_command
 
 __all__ = ["prepare_iemocap"]
 

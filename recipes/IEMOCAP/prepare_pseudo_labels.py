@@ -3,7 +3,7 @@
 codebooks for each K, and cluster-id sequences aligned to wav2vec2's frames.
 
 Writes into ``--out``: ``labels.npy`` + ``index.json`` (read by
-``speechbrain_ptapt.pseudo_labels.PseudoLabelStore``), ``kmeans_<K>.npy``,
+``speechbrain_ptapt.pseudo_labels.labels.PseudoLabelStore``), ``kmeans_<K>.npy``,
 ``diagnostics.json`` / ``diagnostics.md`` (cluster usage, purity, NMI against
 emotion), ``fingerprint.json`` and the feature dump in ``features/``. Rerunning
 with the same inputs does nothing; a changed manifest, phase-1 checkpoint, K
@@ -28,11 +28,11 @@ import sys
 import torch
 from transformers import Wav2Vec2Config
 
-from speechbrain_ptapt.backbone import load_pretrained
-from speechbrain_ptapt.errors import PtaptError
-from speechbrain_ptapt.experiment import configure_stdout_logging
-from speechbrain_ptapt.kmeans import KMEANS_FIT_SETS, KMEANS_INITS, KMeansSettings
-from speechbrain_ptapt.pseudo_labels import prepare_pseudo_labels
+from speechbrain_ptapt.models.backbone import load_pretrained
+from speechbrain_ptapt.protocol.errors import PtaptError
+from speechbrain_ptapt.protocol.experiment import configure_stdout_logging
+from speechbrain_ptapt.pseudo_labels.kmeans import KMEANS_FIT_SETS, KMEANS_INITS, KMeansSettings
+from speechbrain_ptapt.pseudo_labels.labels import prepare_pseudo_labels
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

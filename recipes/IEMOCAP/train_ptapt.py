@@ -25,9 +25,7 @@ import sys
 import speechbrain as sb
 from iemocap_prepare import prepare_iemocap
 
-from speechbrain_ptapt.frame_emotion import run_frame_stage
-from speechbrain_ptapt.ptapt import run_pseudo_label_stage, run_ptapt_stage
-from speechbrain_ptapt.recipe import (
+from speechbrain_ptapt.protocol.recipe import (
     ExperimentResults,
     fine_tuning_runs,
     fold_names,
@@ -37,6 +35,8 @@ from speechbrain_ptapt.recipe import (
     training_subset,
     user_errors_as_one_line,
 )
+from speechbrain_ptapt.stages.frame_emotion import run_frame_stage
+from speechbrain_ptapt.stages.ptapt import run_pseudo_label_stage, run_ptapt_stage
 
 if __name__ == "__main__":
     with user_errors_as_one_line():

@@ -23,7 +23,7 @@ import sys
 import speechbrain as sb
 from iemocap_prepare import prepare_iemocap
 
-from speechbrain_ptapt.recipe import (
+from speechbrain_ptapt.protocol.recipe import (
     ExperimentResults,
     fine_tuning_runs,
     fold_names,
@@ -33,7 +33,7 @@ from speechbrain_ptapt.recipe import (
     training_subset,
     user_errors_as_one_line,
 )
-from speechbrain_ptapt.tapt import run_tapt_stage
+from speechbrain_ptapt.stages.tapt import run_tapt_stage
 
 if __name__ == "__main__":
     with user_errors_as_one_line():

@@ -21,7 +21,7 @@ import sys
 import speechbrain as sb
 from iemocap_prepare import prepare_iemocap
 
-from speechbrain_ptapt.recipe import (
+from speechbrain_ptapt.protocol.recipe import (
     ExperimentResults,
     fine_tuning_runs,
     fold_names,

@@ -8,7 +8,7 @@ for each speaker DC, JE, JK, KL. Both layouts in circulation are read: the
 original ``AudioData/<SPK>/<code><NN>.wav`` (pass the folder holding
 ``AudioData`` or ``AudioData`` itself) and flat re-packs of
 ``<SPK>_<code><NN>.wav`` (pass that folder, e.g. ``ALL``). The work lives in
-:mod:`speechbrain_ptapt.savee`; this script re-exports ``prepare_savee`` for
+:mod:`speechbrain_ptapt.data.savee`; this script re-exports ``prepare_savee`` for
 the training scripts and runs it from the command line:
 
     python savee_prepare.py /path/to/SAVEE /path/to/save_folder
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import sys
 
-from speechbrain_ptapt.preparation import preparation_command
-from speechbrain_ptapt.savee import prepare_savee
+from speechbrain_ptapt.data.preparation import preparation_command
+from speechbrain_ptapt.data.savee import prepare_savee
 
 __all__ = ["prepare_savee"]
 

@@ -24,7 +24,7 @@ import sys
 import speechbrain as sb
 from savee_prepare import prepare_savee
 
-from speechbrain_ptapt.recipe import (
+from speechbrain_ptapt.protocol.recipe import (
     ExperimentResults,
     fine_tuning_runs,
     fold_names,
