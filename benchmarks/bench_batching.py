@@ -31,8 +31,8 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_ptapt.data.dataio import duration_batch_sampler
 from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.models.classifier import EmotionClassifier
 from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
-from speechbrain_ptapt.stages.vft import EmotionClassifier
 
 SAMPLE_RATE = 16000
 

@@ -57,7 +57,7 @@ def make_base_model(folder: Path, n_classes: int = 4) -> Path:
 
     from speechbrain_ptapt.deploy.export import write_inference_folder
     from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
-    from speechbrain_ptapt.stages.vft import EmotionClassifier
+    from speechbrain_ptapt.models.classifier import EmotionClassifier
 
     torch.manual_seed(0)
     backbone_folder = folder / "wav2vec2-base-random"

@@ -7,12 +7,12 @@ channels, quantizer; 95 M parameters) with random weights, saved to a temporary
 folder and loaded through the package's own classes, so each stage runs the
 recipes' code:
 
-- **V-FT**: :class:`speechbrain_ptapt.stages.vft.EmotionClassifier` on
+- **V-FT**: :class:`speechbrain_ptapt.models.classifier.EmotionClassifier` on
   :class:`speechbrain_ptapt.models.backbone.Wav2Vec2Backbone` (CNN and feature
   projection frozen, the recipe's time and channel masks), class cross-entropy;
-- **TAPT**: :class:`speechbrain_ptapt.stages.tapt.Wav2Vec2Pretraining` (every
+- **TAPT**: :class:`speechbrain_ptapt.models.pretraining.Wav2Vec2Pretraining` (every
   parameter trained), wav2vec2's contrastive + diversity loss;
-- **P-TAPT phase 2**: :func:`speechbrain_ptapt.stages.ptapt.build_ptapt_model` with one
+- **P-TAPT phase 2**: :func:`speechbrain_ptapt.models.pseudo_label_heads.build_ptapt_model` with one
   pseudo-label head per K (``--ks``: 64, 512, 4096 alone and the paper's three
   together), masked-frame cross-entropy on random labels.
 
@@ -93,10 +93,10 @@ def _quiet_load(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 def build_stage(stage: str, folder: Path, ks: list[int]) -> tuple[torch.nn.Module, Callable]:
     """The model of a stage and ``loss(model, wavs, wav_lens) -> scalar``."""
     from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+    from speechbrain_ptapt.models.classifier import EmotionClassifier
     from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
-    from speechbrain_ptapt.stages.ptapt import build_ptapt_model
-    from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining
-    from speechbrain_ptapt.stages.vft import EmotionClassifier
+    from speechbrain_ptapt.models.pretraining import Wav2Vec2Pretraining
+    from speechbrain_ptapt.models.pseudo_label_heads import build_ptapt_model
 
     source = str(folder)
     if stage == "vft":

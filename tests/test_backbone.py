@@ -19,8 +19,8 @@ from speechbrain_ptapt.models.backbone import (
     Wav2Vec2Backbone,
     wav2vec2_frame_lengths,
 )
+from speechbrain_ptapt.models.classifier import EmotionClassifier
 from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
-from speechbrain_ptapt.stages.vft import EmotionClassifier
 
 
 @pytest.fixture(scope="module")

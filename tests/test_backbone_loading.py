@@ -31,11 +31,12 @@ from speechbrain_ptapt.models.backbone import (
     load_feature_extractor,
     load_pretrained,
 )
+from speechbrain_ptapt.models.frame_emotion import build_frame_model
+from speechbrain_ptapt.models.pretraining import Wav2Vec2Pretraining
+from speechbrain_ptapt.models.pseudo_label_heads import build_ptapt_model
 from speechbrain_ptapt.protocol.experiment import load_hparams
 from speechbrain_ptapt.protocol.hparams_check import HparamsError, check_overrides
-from speechbrain_ptapt.stages.frame_emotion import build_frame_model
-from speechbrain_ptapt.stages.ptapt import build_ptapt_model
-from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining, tapt_fingerprint
+from speechbrain_ptapt.stages.tapt import tapt_fingerprint
 from speechbrain_ptapt.testing.tiny import tiny_wav2vec2_config
 
 REPO = Path(__file__).resolve().parents[1]

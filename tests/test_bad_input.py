@@ -69,7 +69,11 @@ from speechbrain_ptapt.data.iemocap import parse_annotation_file, prepare_iemoca
 from speechbrain_ptapt.data.savee import prepare_savee
 from speechbrain_ptapt.deploy.inference import load_audio
 from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.models.classifier import EmotionClassifier
+from speechbrain_ptapt.models.frame_emotion import build_frame_model, frame_emotion_losses
 from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.models.pretraining import Wav2Vec2Pretraining
+from speechbrain_ptapt.models.pseudo_label_heads import build_ptapt_model
 from speechbrain_ptapt.protocol.errors import PtaptError
 from speechbrain_ptapt.protocol.experiment import load_hparams, parse_recipe_arguments
 from speechbrain_ptapt.protocol.hparams_check import HparamsError, check_overrides
@@ -81,10 +85,7 @@ from speechbrain_ptapt.pseudo_labels.labels import (
     frame_geometry,
     prepare_pseudo_labels,
 )
-from speechbrain_ptapt.stages.frame_emotion import build_frame_model, frame_emotion_losses
-from speechbrain_ptapt.stages.ptapt import build_ptapt_model, train_ptapt
-from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining
-from speechbrain_ptapt.stages.vft import EmotionClassifier
+from speechbrain_ptapt.stages.ptapt import train_ptapt
 from speechbrain_ptapt.testing.synthetic import make_iemocap, make_savee
 
 SR = 16000  # Hz

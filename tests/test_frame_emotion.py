@@ -19,7 +19,14 @@ from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt.data.dataio import emotion_dataset, make_label_encoder
 from speechbrain_ptapt.data.iemocap import prepare_iemocap
+from speechbrain_ptapt.models import frame_emotion as frame_models
 from speechbrain_ptapt.models.backbone import wav2vec2_frame_lengths
+from speechbrain_ptapt.models.frame_emotion import (
+    FrameEmotionModel,
+    build_frame_model,
+    crop_to_shortest,
+    frame_emotion_losses,
+)
 from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
 from speechbrain_ptapt.models.wav2vec1 import Wav2Vec1, Wav2Vec1Config
 from speechbrain_ptapt.protocol.checkpointing import Checkpointer
@@ -28,10 +35,6 @@ from speechbrain_ptapt.protocol.experiment import load_hparams, read_json, write
 from speechbrain_ptapt.stages import frame_emotion
 from speechbrain_ptapt.stages.frame_emotion import (
     FrameEmotionBrain,
-    FrameEmotionModel,
-    build_frame_model,
-    crop_to_shortest,
-    frame_emotion_losses,
     load_frame_model,
     run_frame_stage,
     save_frame_model,
@@ -613,8 +616,8 @@ def test_load_frame_model_round_trip_gives_identical_frame_features(
     def no_hub(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("load_frame_model must not need the hub or the checkpoint")
 
-    monkeypatch.setattr(frame_emotion, "load_pretrained", no_hub)
-    monkeypatch.setattr(frame_emotion, "load_wav2vec1", no_hub)
+    monkeypatch.setattr(frame_models, "load_pretrained", no_hub)
+    monkeypatch.setattr(frame_models, "load_wav2vec1", no_hub)
     loaded = load_frame_model(final)
     assert not loaded.training and loaded.frame_encoder == encoder
     wavs, wav_lens = padded_batch([7001, 9999, 16000])

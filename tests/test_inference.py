@@ -432,7 +432,7 @@ def test_interface_matches_the_training_model_on_padded_batches(tiny_wav2vec2, t
     """Same weights in the recipe's EmotionClassifier (eval mode) and in the interface."""
     from speechbrain_ptapt.deploy.export import write_inference_folder
     from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
-    from speechbrain_ptapt.stages.vft import EmotionClassifier
+    from speechbrain_ptapt.models.classifier import EmotionClassifier
 
     torch.manual_seed(3)
     classifier = EmotionClassifier(Wav2Vec2Backbone(str(tiny_wav2vec2)), 4).eval()

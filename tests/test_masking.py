@@ -11,13 +11,13 @@ import torch
 from conftest import IEMOCAP_RECIPES
 
 from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.models.classifier import EmotionClassifier
 from speechbrain_ptapt.models.masking import ChannelMask, TimeMask
+from speechbrain_ptapt.models.pretraining import Wav2Vec2Pretraining
+from speechbrain_ptapt.models.pseudo_label_heads import build_ptapt_model
 from speechbrain_ptapt.protocol.distributed import needs_unused_parameter_search
 from speechbrain_ptapt.protocol.experiment import load_hparams
 from speechbrain_ptapt.protocol.hparams_check import HparamsError, check_overrides
-from speechbrain_ptapt.stages.ptapt import build_ptapt_model
-from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining
-from speechbrain_ptapt.stages.vft import EmotionClassifier
 
 SAMPLE_RATE = 16000
 MAX_SECONDS = 10.0  # training crops (authors' code: downstream/Custom/dataloader.py:28-33)

@@ -15,7 +15,7 @@ import torch
 from conftest import REPO
 from transformers import Wav2Vec2Model
 
-from speechbrain_ptapt.stages.ptapt import (
+from speechbrain_ptapt.models.pseudo_label_heads import (
     IGNORE_INDEX,
     align_labels,
     build_ptapt_model,

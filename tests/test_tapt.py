@@ -28,6 +28,7 @@ from transformers import Wav2Vec2ForPreTraining
 from speechbrain_ptapt.analysis.domain_shift import audio_files, main, pretraining_loss
 from speechbrain_ptapt.data.dataio import duration_batch_sampler
 from speechbrain_ptapt.data.iemocap import prepare_iemocap
+from speechbrain_ptapt.models.pretraining import Wav2Vec2Pretraining, gumbel_temperature_schedule
 from speechbrain_ptapt.protocol.checkpointing import Checkpointer
 from speechbrain_ptapt.protocol.errors import UnreadableCheckpointError
 from speechbrain_ptapt.protocol.experiment import load_hparams
@@ -37,7 +38,6 @@ from speechbrain_ptapt.stages.tapt import (
     MARKER_FILE,
     TAPTBrain,
     TAPTSettingsError,
-    Wav2Vec2Pretraining,
     run_tapt_stage,
     tapt_fingerprint,
 )
@@ -347,7 +347,7 @@ def test_gumbel_temperature_can_follow_fairseqs_anneal_per_optimizer_step(corpus
     assert model.model.quantizer.temperature == pytest.approx(2.0 * 0.9**2)
     for bad in ([0.5, 2.0, 0.9], [2.0, 0.5, 1.5], 0.0, "hot"):
         with pytest.raises(ValueError, match="gumbel_temperature"):
-            tapt.gumbel_temperature_schedule(bad)
+            gumbel_temperature_schedule(bad)
     with pytest.raises(ValueError, match="loss_reduction"):
         Wav2Vec2Pretraining(str(corpus["tiny"]), loss_reduction="average")
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone, load_feature_extractor
+from speechbrain_ptapt.models.pretraining import Wav2Vec2Pretraining
+from speechbrain_ptapt.models.pseudo_label_heads import build_ptapt_model
 from speechbrain_ptapt.protocol.experiment import load_hparams
 from speechbrain_ptapt.protocol.hparams_check import check_overrides, yaml_defaults
-from speechbrain_ptapt.stages.ptapt import build_ptapt_model
-from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining, tapt_fingerprint
+from speechbrain_ptapt.stages.tapt import tapt_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "recipes").glob("*/hparams/*.yaml"))

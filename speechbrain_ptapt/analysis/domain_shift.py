@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from speechbrain_ptapt.deploy.inference import load_audio
 from speechbrain_ptapt.models.backbone import AUTHORS_WAV2VEC2_REVISION
+from speechbrain_ptapt.models.pretraining import Wav2Vec2Pretraining
 from speechbrain_ptapt.protocol.errors import InputError, MissingFileError, PtaptError
-from speechbrain_ptapt.stages.tapt import Wav2Vec2Pretraining
 
 logger = logging.getLogger(__name__)
 

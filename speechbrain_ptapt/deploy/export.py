@@ -343,7 +343,7 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 
 
 def inference_state_dict(classifier_state: dict[str, torch.Tensor], model: torch.nn.Module):
-    """Maps an :class:`~speechbrain_ptapt.stages.vft.EmotionClassifier` state dict onto the
+    """Maps an :class:`~speechbrain_ptapt.models.classifier.EmotionClassifier` state dict onto the
     inference modules (``backbone.model.*`` -> ``wav2vec2.*``, ``head.*``) and checks
     that every inference weight is present with the right shape.
 
@@ -392,7 +392,7 @@ def write_inference_folder(
     target : str or Path
         The folder (created; existing files of the same names are replaced).
     classifier_state : dict
-        State dict of an :class:`~speechbrain_ptapt.stages.vft.EmotionClassifier`.
+        State dict of an :class:`~speechbrain_ptapt.models.classifier.EmotionClassifier`.
     config, feature_extractor
         The backbone's ``Wav2Vec2Config`` and ``Wav2Vec2FeatureExtractor``.
     classes : list of str

@@ -7,7 +7,7 @@ and classifies files or waveform batches like SpeechBrain's ``EncoderClassifier`
 returning ``(out_prob, score, index, text_lab)``.
 
 The computation is the one the recipes evaluate
-(:class:`~speechbrain_ptapt.stages.vft.EmotionClassifier` in eval mode): per-utterance
+(:class:`~speechbrain_ptapt.models.classifier.EmotionClassifier` in eval mode): per-utterance
 zero-mean unit-variance input, wav2vec2 with a padding mask, ReLU, mean over valid
 frames, ReLU, linear head, softmax. The
 audio reader, the input normalisation, the receptive field and the masked mean

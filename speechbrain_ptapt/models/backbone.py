@@ -379,7 +379,7 @@ class Wav2Vec2Backbone(nn.Module):
         (``modules/FeatureFuser.py:120-122``, ``pretrain/trainer.py:192, 258-259``,
         ``downstream/Custom/trainer.py:57``), and the vector is written in under
         ``torch.no_grad`` (``modules/FeatureFuser.py:125-147``). (TAPT trains it:
-        its model is :class:`~speechbrain_ptapt.stages.tapt.Wav2Vec2Pretraining`.) Frozen,
+        its model is :class:`~speechbrain_ptapt.models.pretraining.Wav2Vec2Pretraining`.) Frozen,
         it needs no unused-parameter search under DDP on batches without masked
         frames.
 

@@ -178,7 +178,8 @@ CHECKED_BY: dict[str, tuple[type, str]] = {
 }
 
 #: Gumbel-softmax temperatures: a number greater than 0, or fairseq's anneal
-#: ``[start, end, decay]`` (see :func:`speechbrain_ptapt.stages.tapt.gumbel_temperature_schedule`).
+#: ``[start, end, decay]`` (see
+#: :func:`speechbrain_ptapt.models.pretraining.gumbel_temperature_schedule`).
 TEMPERATURES = frozenset({"tapt_gumbel_temperature"})
 
 #: List settings that also accept a single value (``--folds=5``).
