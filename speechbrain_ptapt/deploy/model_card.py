@@ -158,45 +158,36 @@ def _settings_list(info: RunToExport, keys: tuple[str, ...]) -> str:
     return "\n".join(rows) if rows else "- (not recorded)"
 
 
-def model_card(
-    info: RunToExport, classes: list[str], source_id: str, files: list[tuple[str, str]]
-) -> str:
-    """The ``README.md`` of an exported classifier (Hugging Face model card).
-
-    Arguments
-    ---------
-    info : RunToExport
-        The exported run.
-    classes : list of str
-        Labels in output order.
-    source_id : str
-        What users pass as ``source`` (the Hub repository id, or the folder).
-    files : list of (str, str)
-        The exported files and folders with a description of each.
-    """
-    name = METHOD_NAMES.get(info.method, info.method)
-    held_out = _held_out(info)
-    protocol = (
-        "IEMOCAP, 4 classes (neutral, happy merged with excited, sad, angry), "
-        "leave-one-session-out: each fold trains on four sessions and tests on the fifth. "
-        f"This model is the fold that holds out **{held_out}**: it was trained on the "
-        "other four sessions and never saw that session."
-        if info.dataset.upper() == "IEMOCAP"
-        else f"{info.dataset}, cross-validation by folds; this model holds out {held_out}."
-    )
-    epoch = info.checkpoint_meta.get("epoch")
-    adaptation = ""
-    if info.method in ("tapt", "ptapt"):
-        adaptation = (
-            f"\nAdaptation ({name}) settings:\n\n{_settings_list(info, ADAPTATION_SETTINGS)}\n"
+def _protocol_text(info: RunToExport, held_out: str) -> str:
+    """The card's "Data and protocol" paragraph: the folds and what this one holds out."""
+    if info.dataset.upper() == "IEMOCAP":
+        return (
+            "IEMOCAP, 4 classes (neutral, happy merged with excited, sad, angry), "
+            "leave-one-session-out: each fold trains on four sessions and tests on the fifth. "
+            f"This model is the fold that holds out **{held_out}**: it was trained on the "
+            "other four sessions and never saw that session."
         )
-    start = ""
+    return f"{info.dataset}, cross-validation by folds; this model holds out {held_out}."
+
+
+def _adaptation_text(info: RunToExport, name: str) -> str:
+    """The adaptation stage's settings (TAPT and P-TAPT), or "" for V-FT."""
+    if info.method in ("tapt", "ptapt"):
+        return f"\nAdaptation ({name}) settings:\n\n{_settings_list(info, ADAPTATION_SETTINGS)}\n"
+    return ""
+
+
+def _fine_tuning_start(info: RunToExport, name: str) -> str:
+    """Where fine-tuning started when not from the pretrained backbone, or ""."""
     if info.adapted_backbone is not None:
-        start = f"; fine-tuning started from its {name}-adapted copy (`adapted_wav2vec2/`)"
-    elif info.backbone and info.backbone != info.pretrained_backbone:
-        start = f"; fine-tuning started from `{info.backbone}`"
-    files_list = "\n".join(f"- `{name}`: {what}" for name, what in files)
-    data = DATASET_DESCRIPTIONS.get(info.dataset.upper(), f"the {info.dataset} corpus")
+        return f"; fine-tuning started from its {name}-adapted copy (`adapted_wav2vec2/`)"
+    if info.backbone and info.backbone != info.pretrained_backbone:
+        return f"; fine-tuning started from `{info.backbone}`"
+    return ""
+
+
+def _front_matter(info: RunToExport) -> str:
+    """The card's YAML front matter (library, pipeline, tags, dataset, metric)."""
     tags = "\n".join(
         f"- {t}"
         for t in (
@@ -217,44 +208,12 @@ datasets:
 metrics:
 - accuracy
 ---
+"""
 
-# Speech emotion recognition: wav2vec 2.0 + {name} on {info.dataset} (held out: {held_out})
 
-Utterance-level emotion recognition ({", ".join(classes)}) with wav2vec 2.0
-fine-tuned by {METHOD_DESCRIPTIONS.get(info.method, name)}, following Chen &
-Rudnicky, *Exploring wav2vec 2.0 fine-tuning for improved speech emotion
-recognition* (ICASSP 2022, arXiv:2110.06309), trained with the
-`speechbrain_ptapt` SpeechBrain recipes.
-
-## Model
-
-- Backbone: `{info.pretrained_backbone}` (wav2vec 2.0){start}.
-- Head: ReLU on the transformer output, mean over the valid frames, ReLU, linear
-  layer ({len(classes)} outputs), softmax.
-- Input: mono 16 kHz audio, normalised to zero mean and unit variance per utterance.
-  Other rates and channel counts are resampled and down-mixed.
-- Weights: the last checkpoint of the run (epoch {epoch}), the model the recipe evaluated.
-
-## Data and protocol
-
-{protocol}
-
-## Results
-
-This model is run `seed_{info.seed}` of fold {info.fold}: UA {_percent(info.result.get("ua"))} %,
-WA {_percent(info.result.get("wa"))} % on {held_out}. The experiment it comes from
-({name} on {info.dataset}):
-
-{_results_table(info)}
-## Training
-
-Fine-tuning: Adam, class-weighted cross-entropy (inverse class prior), SpecAugment-style
-time and channel masks on the projected CNN features, CNN encoder and feature projection
-frozen, no validation set (the last model is kept).
-
-{_settings_list(info, FINE_TUNING_SETTINGS)}
-{adaptation}
-## Usage
+def _usage_section(source_id: str, classes: list[str]) -> str:
+    """The card's "Usage" section: this package, SpeechBrain alone, the command line."""
+    return f"""## Usage
 
 With `speechbrain_ptapt` installed:
 
@@ -286,12 +245,13 @@ From the command line: `python -m speechbrain_ptapt.deploy.classify {source_id} 
 takes padded batches and `encode_batch` returns the pooled embeddings. Recordings
 longer than `max_chunk_seconds` (60 s) are encoded in overlapping chunks whose
 embeddings are averaged.
+"""
 
-## Files
 
-{files_list}
-
-## Intended use and limitations
+def _limitations_section(info: RunToExport, classes: list[str]) -> str:
+    """The card's "Intended use and limitations" section."""
+    data = DATASET_DESCRIPTIONS.get(info.dataset.upper(), f"the {info.dataset} corpus")
+    return f"""## Intended use and limitations
 
 For research on speech emotion recognition: the categorical emotion of short
 utterances ({", ".join(classes)}). The model learnt from {data}; expect lower
@@ -302,6 +262,72 @@ surveillance). Scores on one held-out fold can differ from the mean over folds
 by several points: compare the mean. The training data's licence applies to
 uses of the model.
 """
+
+
+def model_card(
+    info: RunToExport, classes: list[str], source_id: str, files: list[tuple[str, str]]
+) -> str:
+    """The ``README.md`` of an exported classifier (Hugging Face model card).
+
+    Arguments
+    ---------
+    info : RunToExport
+        The exported run.
+    classes : list of str
+        Labels in output order.
+    source_id : str
+        What users pass as ``source`` (the Hub repository id, or the folder).
+    files : list of (str, str)
+        The exported files and folders with a description of each.
+    """
+    name = METHOD_NAMES.get(info.method, info.method)
+    held_out = _held_out(info)
+    epoch = info.checkpoint_meta.get("epoch")
+    start = _fine_tuning_start(info, name)
+    files_list = "\n".join(f"- `{name}`: {what}" for name, what in files)
+    return f"""{_front_matter(info)}
+# Speech emotion recognition: wav2vec 2.0 + {name} on {info.dataset} (held out: {held_out})
+
+Utterance-level emotion recognition ({", ".join(classes)}) with wav2vec 2.0
+fine-tuned by {METHOD_DESCRIPTIONS.get(info.method, name)}, following Chen &
+Rudnicky, *Exploring wav2vec 2.0 fine-tuning for improved speech emotion
+recognition* (ICASSP 2022, arXiv:2110.06309), trained with the
+`speechbrain_ptapt` SpeechBrain recipes.
+
+## Model
+
+- Backbone: `{info.pretrained_backbone}` (wav2vec 2.0){start}.
+- Head: ReLU on the transformer output, mean over the valid frames, ReLU, linear
+  layer ({len(classes)} outputs), softmax.
+- Input: mono 16 kHz audio, normalised to zero mean and unit variance per utterance.
+  Other rates and channel counts are resampled and down-mixed.
+- Weights: the last checkpoint of the run (epoch {epoch}), the model the recipe evaluated.
+
+## Data and protocol
+
+{_protocol_text(info, held_out)}
+
+## Results
+
+This model is run `seed_{info.seed}` of fold {info.fold}: UA {_percent(info.result.get("ua"))} %,
+WA {_percent(info.result.get("wa"))} % on {held_out}. The experiment it comes from
+({name} on {info.dataset}):
+
+{_results_table(info)}
+## Training
+
+Fine-tuning: Adam, class-weighted cross-entropy (inverse class prior), SpecAugment-style
+time and channel masks on the projected CNN features, CNN encoder and feature projection
+frozen, no validation set (the last model is kept).
+
+{_settings_list(info, FINE_TUNING_SETTINGS)}
+{_adaptation_text(info, name)}
+{_usage_section(source_id, classes)}
+## Files
+
+{files_list}
+
+{_limitations_section(info, classes)}"""
 
 
 def backbone_card(info: RunToExport) -> str:

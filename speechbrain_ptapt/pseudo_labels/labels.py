@@ -385,6 +385,113 @@ def _pad(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch, lens
 
 
+def _resumable_record(
+    progress_path: Path, partial: Path, fingerprint: dict[str, Any], ids: list[str]
+) -> dict[str, Any] | None:
+    """The progress record of an interrupted dump that can be resumed: same fingerprint,
+    same leading utterances and every recorded row in ``partial``; None otherwise."""
+    if not (progress_path.is_file() and partial.is_file()):
+        return None
+    previous = read_json(progress_path)
+    if (
+        previous.get("fingerprint") == fingerprint
+        and previous["ids"] == ids[: len(previous["lengths"])]
+        and _holds_rows(partial, sum(previous["lengths"]), previous["dim"] or 0)
+    ):
+        return previous
+    return None
+
+
+class _DumpProgress:
+    """The rows of an unfinished feature dump (appended to ``partial``) and their durable
+    record in ``progress_path``: frames per utterance, samples per utterance, width."""
+
+    def __init__(
+        self,
+        partial: Path,
+        progress_path: Path,
+        fingerprint: dict[str, Any],
+        ids: list[str],
+        record: dict[str, Any],
+    ) -> None:
+        self.partial = partial
+        self.progress_path = progress_path
+        self.fingerprint = fingerprint
+        self.ids = ids
+        self.record = record
+        self.writer = (
+            _AppendableNpy(partial, record["dim"], resume_rows=sum(record["lengths"]))
+            if self.done
+            else None
+        )
+
+    @property
+    def done(self) -> int:
+        """Utterances written so far."""
+        return len(self.record["lengths"])
+
+    def append(self, frames: np.ndarray, num_frames: int, num_samples: int) -> None:
+        """Writes the first ``num_frames`` rows of one utterance's (frames, dim) features."""
+        if self.writer is None:
+            self.record["dim"] = int(frames.shape[1])
+            self.writer = _AppendableNpy(self.partial, self.record["dim"])
+        self.writer.append(frames[:num_frames])
+        self.record["lengths"].append(num_frames)
+        self.record["num_samples"].append(num_samples)
+
+    def save(self) -> None:
+        """Makes the rows written so far durable and records them."""
+        if self.writer is not None:
+            self.writer.sync()
+        write_json(
+            self.progress_path,
+            {"fingerprint": self.fingerprint, "ids": self.ids[: self.done], **self.record},
+        )
+
+
+def _compute_features(
+    model: nn.Module,
+    entries: dict[str, dict[str, Any]],
+    progress: _DumpProgress,
+    batch_size: int,
+    device: str | torch.device,
+    sample_rate: int,
+    sync_every: int,
+) -> None:
+    """Runs the phase-1 model (in eval mode, restored after) over the utterances not yet
+    in ``progress`` and appends their valid frames; the progress is saved every
+    ``sync_every`` utterances and when interrupted."""
+    ids = progress.ids
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    todo = ids[progress.done :]
+    since_sync = 0
+    try:
+        with (
+            torch.no_grad(),
+            tqdm(total=len(ids), initial=progress.done, desc="phase-1 features", unit="utt") as bar,
+        ):
+            for batch_ids in _batches(todo, batch_size):
+                wavs = [load_audio(entries[u]["wav"], sample_rate) for u in batch_ids]
+                batch, lens = _pad(wavs)
+                features, frame_mask = model.frame_features(batch.to(device), lens.to(device))
+                features = features.detach().float().cpu().numpy()
+                valid = frame_mask.detach().cpu().sum(dim=1).numpy()
+                for i, wav in enumerate(wavs):
+                    progress.append(features[i], int(valid[i]), int(wav.shape[0]))
+                bar.update(len(batch_ids))
+                since_sync += len(batch_ids)
+                if since_sync >= sync_every:
+                    progress.save()
+                    since_sync = 0
+    except BaseException:
+        progress.save()
+        raise
+    finally:
+        model.train(was_training)
+
+
 def dump_features(
     model: nn.Module,
     manifest: str | Path,
@@ -447,70 +554,21 @@ def dump_features(
     ids = list(entries)
     partial = out_folder / (FEATURES_FILE + ".partial")
     progress_path = out_folder / PROGRESS_FILE
-    record: dict[str, Any] = {"lengths": [], "num_samples": [], "dim": None}
-    if progress_path.is_file() and partial.is_file():
-        previous = read_json(progress_path)
-        if (
-            previous.get("fingerprint") == fingerprint
-            and previous["ids"] == ids[: len(previous["lengths"])]
-            and _holds_rows(partial, sum(previous["lengths"]), previous["dim"] or 0)
-        ):
-            record = previous
-            logger.info(
-                "Resuming the feature dump in %s after %d utterances.",
-                out_folder,
-                len(record["lengths"]),
-            )
-    done = len(record["lengths"])
-    writer = (
-        _AppendableNpy(partial, record["dim"], resume_rows=sum(record["lengths"])) if done else None
-    )
-
-    def save_progress() -> None:
-        if writer is not None:
-            writer.sync()
-        write_json(
-            progress_path,
-            {"fingerprint": fingerprint, "ids": ids[: len(record["lengths"])], **record},
+    record = _resumable_record(progress_path, partial, fingerprint, ids)
+    if record is None:
+        record = {"lengths": [], "num_samples": [], "dim": None}
+    else:
+        logger.info(
+            "Resuming the feature dump in %s after %d utterances.",
+            out_folder,
+            len(record["lengths"]),
         )
+    progress = _DumpProgress(partial, progress_path, fingerprint, ids, record)
+    _compute_features(model, entries, progress, batch_size, device, sample_rate, sync_every)
 
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    todo = ids[done:]
-    since_sync = 0
-    try:
-        with (
-            torch.no_grad(),
-            tqdm(total=len(ids), initial=done, desc="phase-1 features", unit="utt") as bar,
-        ):
-            for batch_ids in _batches(todo, batch_size):
-                wavs = [load_audio(entries[u]["wav"], sample_rate) for u in batch_ids]
-                batch, lens = _pad(wavs)
-                features, frame_mask = model.frame_features(batch.to(device), lens.to(device))
-                features = features.detach().float().cpu().numpy()
-                valid = frame_mask.detach().cpu().sum(dim=1).numpy()
-                for i, wav in enumerate(wavs):
-                    if writer is None:
-                        record["dim"] = int(features.shape[2])
-                        writer = _AppendableNpy(partial, record["dim"])
-                    writer.append(features[i, : int(valid[i])])
-                    record["lengths"].append(int(valid[i]))
-                    record["num_samples"].append(int(wav.shape[0]))
-                bar.update(len(batch_ids))
-                since_sync += len(batch_ids)
-                if since_sync >= sync_every:
-                    save_progress()
-                    since_sync = 0
-    except BaseException:
-        save_progress()
-        raise
-    finally:
-        model.train(was_training)
-
-    if writer is None:
+    if progress.writer is None:
         raise ValueError(f"The manifest {manifest} holds no utterance.")
-    writer.close()
+    progress.writer.close()
     os.replace(partial, out_folder / FEATURES_FILE)
     cache.publish(
         dim=record["dim"],

@@ -398,6 +398,217 @@ def _formant_sos(
     return np.stack([gain, zeros, zeros, np.ones_like(gain), a1, a2], axis=1)
 
 
+@dataclass(frozen=True)
+class _Prosody:
+    """One utterance's prosody: the emotion's mean, the speaker's offsets, chance."""
+
+    pitch_st: float
+    range_st: float
+    rate_hz: float
+    level_db: float
+    brightness: float
+    breathiness: float
+    jitter: float
+    final_st: float
+    stress: float
+
+
+def _utterance_prosody(
+    profile: EmotionProfile, voice: SpeakerVoice, rng: np.random.Generator
+) -> _Prosody:
+    """Draws one utterance's prosody around the emotion's and the speaker's."""
+    pitch_st = profile.pitch_st + rng.normal(0.0, 1.2)
+    range_st = profile.range_st * voice.expressiveness * np.exp(rng.normal(0.0, 0.25))
+    rate_hz = profile.rate_hz * voice.rate_scale * np.exp(rng.normal(0.0, 0.12))
+    level_db = profile.level_db + voice.level_db + rng.normal(0.0, 2.0)
+    brightness = np.clip(profile.brightness + voice.brightness + rng.normal(0.0, 0.03), 0.55, 0.96)
+    breathiness = np.clip(profile.breathiness + voice.breathiness + rng.normal(0.0, 0.04), 0.0, 0.7)
+    jitter = profile.jitter * np.exp(rng.normal(0.0, 0.3))
+    final_st = profile.final_st + rng.normal(0.0, 1.0)
+    stress = np.clip(profile.stress + rng.normal(0.0, 0.05), 0.0, 0.9)
+    return _Prosody(
+        pitch_st, range_st, rate_hz, level_db, brightness, breathiness, jitter, final_st, stress
+    )
+
+
+def _speech_span_seconds(total_s: float, rng: np.random.Generator) -> tuple[float, float]:
+    """(start, stop) of the speech in seconds, between a short leading and trailing
+    silence that together take at most 40 % of ``total_s``."""
+    lead_s, trail_s = rng.uniform(0.02, 0.10, size=2)
+    if lead_s + trail_s > 0.4 * total_s:
+        shrink = 0.4 * total_s / (lead_s + trail_s)
+        lead_s, trail_s = lead_s * shrink, trail_s * shrink
+    return lead_s, total_s - trail_s
+
+
+@dataclass
+class _Syllables:
+    """Syllable slots (some of them pauses) covering the speech: times in seconds,
+    amplitudes (0 for a pause), consonant onset strengths and vowel indices."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    centres: np.ndarray
+    amp: np.ndarray
+    onset: np.ndarray
+    vowel: np.ndarray
+
+
+def _syllable_slots(
+    start_s: float,
+    stop_s: float,
+    prosody: _Prosody,
+    pause_prob: float,
+    rng: np.random.Generator,
+) -> _Syllables:
+    """Draws the syllable slots covering the speech span ``[start_s, stop_s]``."""
+    active_s = stop_s - start_s
+    n_slots = int(np.ceil(active_s * prosody.rate_hz * 3.0)) + 8
+    slot_s = np.exp(rng.normal(0.0, 0.3, n_slots)) / prosody.rate_hz
+    pause = rng.random(n_slots) < pause_prob
+    pause[0] = False
+    slot_s[pause] = rng.uniform(0.08, 0.25, int(pause.sum()))
+    starts = start_s + np.concatenate([[0.0], np.cumsum(slot_s)[:-1]])
+    count = max(1, int(np.searchsorted(starts, stop_s)))
+    starts = starts[:count]
+    pause = pause[:count]
+    ends = np.minimum(starts + slot_s[:count], stop_s)
+    ends[-1] = stop_s
+    centres = 0.5 * (starts + ends)
+    amp = np.clip(1.0 + prosody.stress * rng.normal(0.0, 1.0, count), 0.25, 1.6)
+    amp[pause] = 0.0
+    onset = rng.uniform(0.0, 1.0, count) * (rng.random(count) < 0.6)
+    vowel = rng.integers(0, len(_VOWEL_FORMANTS_HZ), count)
+    return _Syllables(starts, ends, centres, amp, onset, vowel)
+
+
+def _syllable_envelopes(
+    syllables: _Syllables, t: np.ndarray, stop_s: float, sr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample syllable slot (0 before the first), voiced envelope and consonant
+    onset envelope (both float32) at the sample times ``t`` (seconds, float32)."""
+    f32 = np.float32
+    n = t.size
+    starts, ends = syllables.starts, syllables.ends
+    # Per-sample syllable slot (-1 before the first) and position in it (0-1).
+    marks = np.zeros(n + 1, dtype=np.int32)
+    np.add.at(marks, np.minimum(np.ceil(starts * sr).astype(np.int64), n), 1)
+    slot = np.cumsum(marks[:n]) - 1
+    inside = (slot >= 0) & (t < stop_s)
+    slot = np.maximum(slot, 0)
+    inv_length = (1.0 / np.maximum(ends - starts, 1e-6)).astype(f32)
+    u = np.clip((t - starts.astype(f32)[slot]) * inv_length[slot], 0.0, 1.0)
+    gain = np.where(inside, syllables.amp.astype(f32)[slot], f32(0.0))
+    consonant_share = f32(0.2)
+    nucleus = np.clip((u - consonant_share) / (1 - consonant_share), 0.0, 1.0)
+    voiced_env = gain * np.maximum(np.sin(f32(np.pi) * nucleus), 0.0) ** f32(0.6)
+    burst = np.sin(f32(np.pi) * np.minimum(u / consonant_share, 1.0)) ** 2
+    onset_env = (gain * syllables.onset.astype(f32)[slot]) * burst * (u < consonant_share)
+    return slot, voiced_env, onset_env
+
+
+def _f0_contour_hz(
+    syllables: _Syllables,
+    prosody: _Prosody,
+    voice: SpeakerVoice,
+    span_s: tuple[float, float, float],
+    t: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """f0 in Hz at the sample times ``t`` (float64) and on its 5 ms grid: accents on
+    syllables (louder ones higher), declination, a final rise or fall, then jitter.
+    ``span_s``: (speech start, speech duration, utterance duration) in seconds."""
+    start_s, active_s, total_s = span_s
+    range_st, amp = prosody.range_st, syllables.amp
+    grid = np.arange(0.0, total_s + 0.01, 0.005)
+    accents = range_st * (0.6 * rng.normal(0.0, 1.0, amp.size) + 0.8 * (amp - 1.0))
+    progress = np.clip((grid - start_s) / active_s, 0.0, 1.0)
+    contour = (
+        prosody.pitch_st
+        + np.interp(grid, syllables.centres, accents)
+        - (0.8 + 0.3 * range_st) * progress
+        + prosody.final_st * np.clip((progress - 0.7) / 0.3, 0.0, 1.0)
+    )
+    kernel = np.hanning(9)
+    kernel /= kernel.sum()
+    contour = np.convolve(np.pad(contour, 4, mode="edge"), kernel, mode="valid")
+    jitter = 1.0 + prosody.jitter * rng.normal(0, 1, grid.size)
+    f0_grid = np.clip(voice.f0_hz * 2.0 ** (contour / 12.0) * jitter, 55.0, 550.0)
+    return np.interp(t, grid, f0_grid), f0_grid
+
+
+def _glottal_excitation(
+    f0: np.ndarray, f0_max_hz: float, prosody: _Prosody, sr: float, rng: np.random.Generator
+) -> np.ndarray:
+    """float32 excitation: a band-limited harmonic source mixed with aspiration noise
+    by the utterance's breathiness."""
+    f32 = np.float32
+    # Band-limited harmonic source sum_{k=1..K} a^k sin(k theta) in closed form,
+    # with theta (and K theta) wrapped in float64 before the float32 sines.
+    cycles = np.cumsum(f0 / sr) + rng.uniform(0.0, 1.0)
+    n_harmonics = max(1, int(0.45 * sr / f0_max_hz))
+    theta = (2 * np.pi * (cycles - np.floor(cycles))).astype(f32)
+    cycles *= n_harmonics
+    theta_k = (2 * np.pi * (cycles - np.floor(cycles))).astype(f32)
+    sin1, cos1, sin_k, cos_k = np.sin(theta), np.cos(theta), np.sin(theta_k), np.cos(theta_k)
+    a = float(prosody.brightness)
+    sin_k1 = sin_k * cos1 + cos_k * sin1  # sin((K + 1) theta)
+    source = (
+        f32(a) * sin1 - f32(a ** (n_harmonics + 1)) * sin_k1 + f32(a ** (n_harmonics + 2)) * sin_k
+    ) / (f32(1.0 + a * a) - f32(2.0 * a) * cos1)
+    source *= f32(1.0 / np.sqrt(0.5 * a * a * (1.0 - a ** (2 * n_harmonics)) / (1.0 - a * a)))
+    # Aspiration: high-passed noise, louder in the open phase of each cycle.
+    aspiration = lfilter(np.array([1.0, -0.95], f32), np.ones(1, f32), _white(rng, f0.size))
+    aspiration *= f32(0.3 / 1.38) * (cos1 + f32(2.3))
+    breathiness = prosody.breathiness
+    return f32(np.sqrt(1.0 - breathiness)) * source + f32(np.sqrt(breathiness)) * aspiration
+
+
+def _vowel_colored(
+    excitation: np.ndarray,
+    sample_vowel: np.ndarray,
+    vowels: np.ndarray,
+    voice: SpeakerVoice,
+    sr: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The excitation through one formant resonator cascade per vowel, switched at
+    syllable boundaries (where the voiced envelope is zero), at unit RMS."""
+    f32 = np.float32
+    formant_scale = voice.formant_scale * rng.uniform(0.97, 1.03)
+    colored = np.zeros(excitation.size, dtype=f32)
+    for v in np.unique(vowels):
+        formants = _VOWEL_FORMANTS_HZ[v] * formant_scale
+        sos = _formant_sos(formants, _FORMANT_BANDWIDTHS_HZ, sr).astype(f32)
+        colored += sosfilt(sos, excitation) * (sample_vowel == v)
+    colored /= np.sqrt(np.mean(colored**2)) + f32(1e-12)
+    return colored
+
+
+def _mix_speech(
+    colored: np.ndarray,
+    voiced_env: np.ndarray,
+    onset_env: np.ndarray,
+    level_db: float,
+    sr: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Voiced speech plus frication at the consonant onsets, set to the utterance's
+    level, over a faint noise floor, through a soft limiter (float32 in [-1, 1])."""
+    f32 = np.float32
+    n = colored.size
+    # Frication: noise high-passed (first difference) and low-passed near 6 kHz.
+    pole = np.exp(-2.0 * np.pi * min(6000.0, 0.4 * sr) / sr)
+    fricative = lfilter(np.array([0.7, -0.7], f32), np.array([1.0, -pole], f32), _white(rng, n))
+    speech = colored * voiced_env + f32(0.5) * fricative * onset_env
+    level = 10.0 ** ((-24.0 + level_db) / 20.0) / (np.sqrt(np.mean(speech**2)) + 1e-12)
+    speech *= f32(level)
+    floor = lfilter(np.ones(1, f32), np.array([1.0, -0.6], f32), _white(rng, n))
+    speech += floor * f32(10.0 ** (rng.normal(-60.0, 3.0) / 20.0) / 1.25)
+    # Soft limiter: transparent at normal levels, keeps shouts inside [-1, 1].
+    return (f32(0.95) * np.tanh(speech / f32(0.95))).astype(f32)
+
+
 def synthesize_utterance(
     emotion: str,
     voice: SpeakerVoice,
@@ -430,123 +641,19 @@ def synthesize_utterance(
         raise ValueError(f"sample_rate must be at least 8000 Hz, got {sample_rate}")
     profile = _profile_for(emotion, rng)
     sr = float(sample_rate)
-
-    # Per-utterance prosody: the emotion's mean, the speaker's offsets, chance.
-    pitch_st = profile.pitch_st + rng.normal(0.0, 1.2)
-    range_st = profile.range_st * voice.expressiveness * np.exp(rng.normal(0.0, 0.25))
-    rate_hz = profile.rate_hz * voice.rate_scale * np.exp(rng.normal(0.0, 0.12))
-    level_db = profile.level_db + voice.level_db + rng.normal(0.0, 2.0)
-    brightness = np.clip(profile.brightness + voice.brightness + rng.normal(0.0, 0.03), 0.55, 0.96)
-    breathiness = np.clip(profile.breathiness + voice.breathiness + rng.normal(0.0, 0.04), 0.0, 0.7)
-    jitter = profile.jitter * np.exp(rng.normal(0.0, 0.3))
-    final_st = profile.final_st + rng.normal(0.0, 1.0)
-    stress = np.clip(profile.stress + rng.normal(0.0, 0.05), 0.0, 0.9)
-
-    # Speech between a short leading and trailing silence (seconds).
+    prosody = _utterance_prosody(profile, voice, rng)
     total_s = n / sr
-    lead_s, trail_s = rng.uniform(0.02, 0.10, size=2)
-    if lead_s + trail_s > 0.4 * total_s:
-        shrink = 0.4 * total_s / (lead_s + trail_s)
-        lead_s, trail_s = lead_s * shrink, trail_s * shrink
-    start_s, stop_s = lead_s, total_s - trail_s
-    active_s = stop_s - start_s
-
-    # Syllable slots (some of them pauses) covering the active span.
-    n_slots = int(np.ceil(active_s * rate_hz * 3.0)) + 8
-    slot_s = np.exp(rng.normal(0.0, 0.3, n_slots)) / rate_hz
-    pause = rng.random(n_slots) < profile.pause_prob
-    pause[0] = False
-    slot_s[pause] = rng.uniform(0.08, 0.25, int(pause.sum()))
-    starts = start_s + np.concatenate([[0.0], np.cumsum(slot_s)[:-1]])
-    count = max(1, int(np.searchsorted(starts, stop_s)))
-    starts = starts[:count]
-    pause = pause[:count]
-    ends = np.minimum(starts + slot_s[:count], stop_s)
-    ends[-1] = stop_s
-    centres = 0.5 * (starts + ends)
-    amp = np.clip(1.0 + stress * rng.normal(0.0, 1.0, count), 0.25, 1.6)
-    amp[pause] = 0.0
-    onset = rng.uniform(0.0, 1.0, count) * (rng.random(count) < 0.6)
-    vowel = rng.integers(0, len(_VOWEL_FORMANTS_HZ), count)
-
+    start_s, stop_s = _speech_span_seconds(total_s, rng)
+    syllables = _syllable_slots(start_s, stop_s, prosody, profile.pause_prob, rng)
     # Sample-rate signals are float32 (about 2x less memory traffic and much
     # faster trigonometry than float64); contours stay float64.
-    f32 = np.float32
-    t = np.arange(n, dtype=f32) / f32(sr)  # seconds
-
-    # Per-sample syllable slot (-1 before the first) and position in it (0-1).
-    marks = np.zeros(n + 1, dtype=np.int32)
-    np.add.at(marks, np.minimum(np.ceil(starts * sr).astype(np.int64), n), 1)
-    slot = np.cumsum(marks[:n]) - 1
-    inside = (slot >= 0) & (t < stop_s)
-    slot = np.maximum(slot, 0)
-    inv_length = (1.0 / np.maximum(ends - starts, 1e-6)).astype(f32)
-    u = np.clip((t - starts.astype(f32)[slot]) * inv_length[slot], 0.0, 1.0)
-    gain = np.where(inside, amp.astype(f32)[slot], f32(0.0))
-    consonant_share = f32(0.2)
-    nucleus = np.clip((u - consonant_share) / (1 - consonant_share), 0.0, 1.0)
-    voiced_env = gain * np.maximum(np.sin(f32(np.pi) * nucleus), 0.0) ** f32(0.6)
-    burst = np.sin(f32(np.pi) * np.minimum(u / consonant_share, 1.0)) ** 2
-    onset_env = (gain * onset.astype(f32)[slot]) * burst * (u < consonant_share)
-
-    # f0 contour on a 5 ms grid: accents on syllables (louder ones higher),
-    # declination, a final rise or fall, then jitter; interpolated to samples.
-    grid = np.arange(0.0, total_s + 0.01, 0.005)
-    accents = range_st * (0.6 * rng.normal(0.0, 1.0, count) + 0.8 * (amp - 1.0))
-    progress = np.clip((grid - start_s) / active_s, 0.0, 1.0)
-    contour = (
-        pitch_st
-        + np.interp(grid, centres, accents)
-        - (0.8 + 0.3 * range_st) * progress
-        + final_st * np.clip((progress - 0.7) / 0.3, 0.0, 1.0)
-    )
-    kernel = np.hanning(9)
-    kernel /= kernel.sum()
-    contour = np.convolve(np.pad(contour, 4, mode="edge"), kernel, mode="valid")
-    f0_grid = voice.f0_hz * 2.0 ** (contour / 12.0) * (1.0 + jitter * rng.normal(0, 1, grid.size))
-    f0_grid = np.clip(f0_grid, 55.0, 550.0)
-    f0 = np.interp(t, grid, f0_grid)  # Hz, float64
-
-    # Band-limited harmonic source sum_{k=1..K} a^k sin(k theta) in closed form,
-    # with theta (and K theta) wrapped in float64 before the float32 sines.
-    cycles = np.cumsum(f0 / sr) + rng.uniform(0.0, 1.0)
-    n_harmonics = max(1, int(0.45 * sr / f0_grid.max()))
-    theta = (2 * np.pi * (cycles - np.floor(cycles))).astype(f32)
-    cycles *= n_harmonics
-    theta_k = (2 * np.pi * (cycles - np.floor(cycles))).astype(f32)
-    sin1, cos1, sin_k, cos_k = np.sin(theta), np.cos(theta), np.sin(theta_k), np.cos(theta_k)
-    a = float(brightness)
-    sin_k1 = sin_k * cos1 + cos_k * sin1  # sin((K + 1) theta)
-    source = (
-        f32(a) * sin1 - f32(a ** (n_harmonics + 1)) * sin_k1 + f32(a ** (n_harmonics + 2)) * sin_k
-    ) / (f32(1.0 + a * a) - f32(2.0 * a) * cos1)
-    source *= f32(1.0 / np.sqrt(0.5 * a * a * (1.0 - a ** (2 * n_harmonics)) / (1.0 - a * a)))
-    # Aspiration: high-passed noise, louder in the open phase of each cycle.
-    aspiration = lfilter(np.array([1.0, -0.95], f32), np.ones(1, f32), _white(rng, n))
-    aspiration *= f32(0.3 / 1.38) * (cos1 + f32(2.3))
-    excitation = f32(np.sqrt(1.0 - breathiness)) * source + f32(np.sqrt(breathiness)) * aspiration
-
-    # Vowel coloring: one resonator cascade per vowel, switched at syllable
-    # boundaries (where the voiced envelope is zero).
-    formant_scale = voice.formant_scale * rng.uniform(0.97, 1.03)
-    sample_vowel = vowel[slot]
-    colored = np.zeros(n, dtype=f32)
-    for v in np.unique(vowel):
-        formants = _VOWEL_FORMANTS_HZ[v] * formant_scale
-        sos = _formant_sos(formants, _FORMANT_BANDWIDTHS_HZ, sr).astype(f32)
-        colored += sosfilt(sos, excitation) * (sample_vowel == v)
-    colored /= np.sqrt(np.mean(colored**2)) + f32(1e-12)
-    # Frication: noise high-passed (first difference) and low-passed near 6 kHz.
-    pole = np.exp(-2.0 * np.pi * min(6000.0, 0.4 * sr) / sr)
-    fricative = lfilter(np.array([0.7, -0.7], f32), np.array([1.0, -pole], f32), _white(rng, n))
-
-    speech = colored * voiced_env + f32(0.5) * fricative * onset_env
-    level = 10.0 ** ((-24.0 + level_db) / 20.0) / (np.sqrt(np.mean(speech**2)) + 1e-12)
-    speech *= f32(level)
-    floor = lfilter(np.ones(1, f32), np.array([1.0, -0.6], f32), _white(rng, n))
-    speech += floor * f32(10.0 ** (rng.normal(-60.0, 3.0) / 20.0) / 1.25)
-    # Soft limiter: transparent at normal levels, keeps shouts inside [-1, 1].
-    return (f32(0.95) * np.tanh(speech / f32(0.95))).astype(f32)
+    t = np.arange(n, dtype=np.float32) / np.float32(sr)  # seconds
+    slot, voiced_env, onset_env = _syllable_envelopes(syllables, t, stop_s, sr)
+    span_s = (start_s, stop_s - start_s, total_s)
+    f0, f0_grid = _f0_contour_hz(syllables, prosody, voice, span_s, t, rng)
+    excitation = _glottal_excitation(f0, f0_grid.max(), prosody, sr, rng)
+    colored = _vowel_colored(excitation, syllables.vowel[slot], syllables.vowel, voice, sr, rng)
+    return _mix_speech(colored, voiced_env, onset_env, prosody.level_db, sr, rng)
 
 
 def spoken_seconds(
