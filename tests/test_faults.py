@@ -348,7 +348,7 @@ def test_ptapt_killed_in_every_stage(reference, iemocap_corpus, tiny_wav2vec2, t
     args = recipe_args("ptapt", iemocap_corpus, tiny_wav2vec2, out)
     fold = out / "fold_1"
     labels = fold / "pseudo_labels"
-    module = "speechbrain_ptapt.pseudo_labels.labels"
+    package = "speechbrain_ptapt.pseudo_labels"
 
     # phase 1: the second validation's checkpoint (step 8 of 12), half written
     killed(run(args, kill=r"save:frame_emotion/save/.*model\.ckpt$:2"))
@@ -356,18 +356,18 @@ def test_ptapt_killed_in_every_stage(reference, iemocap_corpus, tiny_wav2vec2, t
     assert not (fold / "frame_emotion" / "final").exists()
 
     # feature dump: killed after 120 of 145 utterances (progress recorded at 100)
-    killed(run(args, kill=f"call:{module}:_AppendableNpy.append:121"))
+    killed(run(args, kill=f"call:{package}.features:_AppendableNpy.append:121"))
     assert (fold / "frame_emotion" / "final").is_dir()
     assert (labels / "features" / "features.npy.partial").is_file()
     assert not (labels / "features" / "features.npy").exists()
 
     # k-means: killed as the second K starts (the first codebook is saved)
-    killed(run(args, kill=f"call:{module}:fit_kmeans:2"))
+    killed(run(args, kill=f"call:{package}.codebooks:fit_kmeans:2"))
     assert (labels / "features" / "features.npy").is_file()
     assert (labels / "kmeans_4.npy").is_file() and not (labels / "kmeans_8.npy").exists()
 
     # labels: killed with the label array half written
-    killed(run(args, kill=f"call:{module}:assign_clusters:2"))
+    killed(run(args, kill=f"call:{package}.labels:assign_clusters:2"))
     assert (labels / "labels.npy.partial.npy").is_file()
     assert not (labels / "fingerprint.json").exists() and not (labels / "labels.npy").exists()
 

@@ -28,17 +28,21 @@ from transformers import Wav2Vec2Config
 from speechbrain_ptapt.data.iemocap import prepare_iemocap
 from speechbrain_ptapt.deploy.inference import load_audio
 from speechbrain_ptapt.models.backbone import Wav2Vec2Backbone
+from speechbrain_ptapt.pseudo_labels import codebooks as codebooks_module
 from speechbrain_ptapt.pseudo_labels import labels as pseudo_labels
+from speechbrain_ptapt.pseudo_labels.codebooks import (
+    KMEANS_RECORD_FILE,
+    fit_codebooks,
+    shared_fitting_rows,
+)
+from speechbrain_ptapt.pseudo_labels.features import FEATURES_FILE, FeatureDump, dump_features
 from speechbrain_ptapt.pseudo_labels.kmeans import KMeansSettings, assign_clusters, fit_kmeans
 from speechbrain_ptapt.pseudo_labels.labels import (
     IGNORE_INDEX,
-    FeatureDump,
     PseudoLabelMismatchError,
     PseudoLabelStore,
     backbone_frame_counts,
     cropped_audio_with_labels,
-    dump_features,
-    fit_codebooks,
     prepare_pseudo_labels,
     write_labels,
 )
@@ -397,12 +401,15 @@ def test_only_the_manifests_utterances_are_labelled(tmp_path, iemocap_manifests,
 
 
 class _Spy:
-    """Wraps a function of the module, counting calls."""
+    """Wraps a function where the pseudo-label steps look it up, counting calls:
+    ``fit_kmeans`` in the codebooks module (step 2), the steps themselves in the
+    labels module (which calls them)."""
 
     def __init__(self, monkeypatch, name: str) -> None:
         self.calls = 0
-        self.function = getattr(pseudo_labels, name)
-        monkeypatch.setattr(pseudo_labels, name, self)
+        module = codebooks_module if name == "fit_kmeans" else pseudo_labels
+        self.function = getattr(module, name)
+        monkeypatch.setattr(module, name, self)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -549,7 +556,7 @@ def _synthetic_dump(folder: Path, lengths: list[int], dim: int = 4) -> FeatureDu
     """A finished dump of random features: utterance ``u`` has ``lengths[u]`` frames."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    np.save(folder / pseudo_labels.FEATURES_FILE, rng.standard_normal((sum(lengths), dim)))
+    np.save(folder / FEATURES_FILE, rng.standard_normal((sum(lengths), dim)))
     ids = [f"utt{i}" for i in range(len(lengths))]
     return FeatureDump(
         folder=folder,
@@ -563,12 +570,12 @@ def _synthetic_dump(folder: Path, lengths: list[int], dim: int = 4) -> FeatureDu
 
 
 class _FitSpy:
-    """Wraps ``fit_kmeans`` in the module, recording the rows each K was fitted on."""
+    """Wraps ``fit_kmeans`` in the codebooks module, recording the rows each K was fitted on."""
 
     def __init__(self, monkeypatch) -> None:
         self.rows: dict[int, np.ndarray | None] = {}
-        self.function = pseudo_labels.fit_kmeans
-        monkeypatch.setattr(pseudo_labels, "fit_kmeans", self)
+        self.function = codebooks_module.fit_kmeans
+        monkeypatch.setattr(codebooks_module, "fit_kmeans", self)
 
     def __call__(self, features, n_clusters, **kwargs):
         rows = kwargs.get("rows")
@@ -591,7 +598,7 @@ def test_every_k_is_fitted_on_all_frames_when_they_fit_the_shared_set(tmp_path):
     for k in (2, 8):
         whole = fit_kmeans(dump.features, k, n_iter=4, seed=3)
         assert np.array_equal(codebooks[k], whole.centroids), k
-    record = json.loads((tmp_path / pseudo_labels.KMEANS_RECORD_FILE).read_text())
+    record = json.loads((tmp_path / KMEANS_RECORD_FILE).read_text())
     assert [record[k]["fit_frames"] for k in ("2", "8")] == [dump.num_frames] * 2
     assert record["2"]["fingerprint"]["fit_set"] == "shared"
     assert record["2"]["fingerprint"]["fit_frames"] == "all"
@@ -614,11 +621,11 @@ def test_a_capped_shared_set_is_one_set_of_whole_utterances_for_every_k(tmp_path
         subset = fit_kmeans(np.asarray(dump.features)[shared], k, n_iter=4, seed=3)
         assert np.array_equal(codebooks[k], subset.centroids), k
     # Seeded: the same seed draws the same utterances, another seed others.
-    assert np.array_equal(pseudo_labels.shared_fitting_rows(dump.lengths, 2400, 3), shared)
-    other = pseudo_labels.shared_fitting_rows(dump.lengths, 2400, 4)
+    assert np.array_equal(shared_fitting_rows(dump.lengths, 2400, 3), shared)
+    other = shared_fitting_rows(dump.lengths, 2400, 4)
     assert not np.array_equal(other, shared)
     # Every frame fits: no subset at all.
-    assert pseudo_labels.shared_fitting_rows(dump.lengths, dump.num_frames, 3) is None
+    assert shared_fitting_rows(dump.lengths, dump.num_frames, 3) is None
 
 
 def test_per_k_fit_set_samples_each_k_on_its_own(tmp_path, monkeypatch):
@@ -629,7 +636,7 @@ def test_per_k_fit_set_samples_each_k_on_its_own(tmp_path, monkeypatch):
     assert spy.rows == {2: None, 8: None}
     sampled = fit_kmeans(dump.features, 2, n_iter=4, seed=3, max_points=2000)
     assert np.array_equal(codebooks[2], sampled.centroids)
-    record = json.loads((tmp_path / pseudo_labels.KMEANS_RECORD_FILE).read_text())
+    record = json.loads((tmp_path / KMEANS_RECORD_FILE).read_text())
     assert [record[k]["fit_frames"] for k in ("2", "8")] == [2000, dump.num_frames]
     assert record["2"]["fingerprint"]["fit_set"] == "per_k"
     assert record["2"]["fingerprint"]["fit_frames"] is None

@@ -4,7 +4,8 @@ checkpoint guard and atomic publication.
 The stages: the data manifests (:mod:`~speechbrain_ptapt.data.preparation`), TAPT
 (:mod:`~speechbrain_ptapt.stages.tapt`), P-TAPT phase 1
 (:mod:`~speechbrain_ptapt.stages.frame_emotion`),
-the pseudo-labels' features, codebooks and labels (:mod:`~speechbrain_ptapt.pseudo_labels.labels`),
+the pseudo-labels' features, codebooks and labels (:mod:`~speechbrain_ptapt.pseudo_labels.features`,
+:mod:`~speechbrain_ptapt.pseudo_labels.codebooks`, :mod:`~speechbrain_ptapt.pseudo_labels.labels`),
 P-TAPT phase 2 (:mod:`~speechbrain_ptapt.stages.ptapt`) and the export
 (:mod:`~speechbrain_ptapt.deploy.export`, whose folder is published the same way).
 

@@ -72,7 +72,7 @@ FeatureArray = np.ndarray | torch.Tensor
 KMEANS_INITS = ("random", "k-means++")
 #: Fitting frames of the pseudo-label codebooks (yaml ``kmeans_fit_set``):
 #: ``"shared"``, one set for every K as the authors' code; ``"per_k"``, each K on its
-#: own random frames (see :func:`speechbrain_ptapt.pseudo_labels.labels.fit_codebooks`).
+#: own random frames (see :func:`speechbrain_ptapt.pseudo_labels.codebooks.fit_codebooks`).
 KMEANS_FIT_SETS = ("shared", "per_k")
 
 

@@ -1,20 +1,22 @@
 """P-TAPT pseudo-labels: k-means cluster ids of the phase-1 frame-level emotion
 model's features, one sequence per K per utterance, aligned to wav2vec2's frames.
 
-Three stages, each writing files the next one reads, each rerunnable alone:
+Three steps (fairseq's ``simple_kmeans``), each writing files the next one reads,
+each rerunnable alone:
 
-1. :func:`dump_features` runs the phase-1 model over every utterance of a
-   manifest and appends its frames to ``features/features.npy`` (read back
-   memory-mapped), with ``features/index.json`` (ids, frames and samples per
-   utterance).
-2. :func:`fit_codebooks` learns one k-means codebook per K (``kmeans_<K>.npy``),
-   every K on the same fitting set of up to ``1000 * max(K)`` frames (whole
-   utterances, as the authors' code; :func:`shared_fitting_rows`), or
+1. :func:`~speechbrain_ptapt.pseudo_labels.features.dump_features` runs the
+   phase-1 model over every utterance of a manifest and appends its frames to
+   ``features/features.npy`` (read back memory-mapped), with
+   ``features/index.json`` (ids, frames and samples per utterance).
+2. :func:`~speechbrain_ptapt.pseudo_labels.codebooks.fit_codebooks` learns one
+   k-means codebook per K (``kmeans_<K>.npy``), every K on the same fitting set
+   of up to ``1000 * max(K)`` frames (whole utterances, as the authors' code;
+   :func:`~speechbrain_ptapt.pseudo_labels.codebooks.shared_fitting_rows`), or
    optionally each K on its own ``1000 * K`` randomly sampled frames.
-3. :func:`write_labels` assigns every frame to its nearest centroid and writes
-   ``labels.npy`` (total wav2vec2 frames, number of K) with ``index.json``,
-   plus ``diagnostics.json`` / ``diagnostics.md`` (cluster usage, purity and
-   NMI against the utterance emotion).
+3. :func:`write_labels` (this module) assigns every frame to its nearest centroid
+   and writes ``labels.npy`` (total wav2vec2 frames, number of K) with
+   ``index.json``, plus ``diagnostics.json`` / ``diagnostics.md`` (cluster usage,
+   purity and NMI against the utterance emotion).
 
 :func:`prepare_pseudo_labels` chains them behind ``fingerprint.json`` (what the
 labels were computed from), reusing fresh results and recomputing stale ones.
@@ -33,14 +35,11 @@ of the phase-1 model is frame ``f`` of wav2vec2 (both 20 ms, starting at sample
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
-import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,96 +48,45 @@ import speechbrain as sb
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
-from tqdm import tqdm
 from transformers import Wav2Vec2Config
 
 from speechbrain_ptapt.deploy.inference import load_audio
 from speechbrain_ptapt.models.backbone import wav2vec2_frame_lengths, wav2vec2_hop_samples
 from speechbrain_ptapt.protocol.errors import MissingFileError, PtaptError
 from speechbrain_ptapt.protocol.experiment import read_json, write_json
-from speechbrain_ptapt.protocol.stage_cache import StageCache, atomic_write, canonical, differences
-from speechbrain_ptapt.pseudo_labels.kmeans import KMeansSettings, assign_clusters, fit_kmeans
+from speechbrain_ptapt.protocol.stage_cache import StageCache, canonical
+from speechbrain_ptapt.pseudo_labels.codebooks import (
+    DEFAULT_KMEANS,
+    KMEANS_RECORD_FILE,
+    fit_codebooks,
+)
+from speechbrain_ptapt.pseudo_labels.features import (
+    FEATURES_FILE,
+    FEATURES_SUBFOLDER,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    FeatureDump,
+    dump_features,
+    features_cache,
+    features_fingerprint,
+    read_manifest,
+)
+from speechbrain_ptapt.pseudo_labels.kmeans import KMeansSettings, assign_clusters
 from speechbrain_ptapt.stages.frame_emotion import load_frame_model
 
 logger = logging.getLogger(__name__)
 
+
 #: Label of frames without a pseudo-label (cross-entropy's ``ignore_index``).
 IGNORE_INDEX = -100
-
-#: Version of the on-disk layout; part of every fingerprint.
-FORMAT_VERSION = 1
-
-FEATURES_SUBFOLDER = "features"
-FEATURES_FILE = "features.npy"
-INDEX_FILE = "index.json"
-PROGRESS_FILE = "progress.json"
 LABELS_FILE = "labels.npy"
 FINGERPRINT_FILE = "fingerprint.json"
-KMEANS_RECORD_FILE = "kmeans.json"
 DIAGNOSTICS_JSON = "diagnostics.json"
 DIAGNOSTICS_MD = "diagnostics.md"
-FRAME_MODEL_FILES = ("frame_model.ckpt", "frame_model.json")
-#: The recipes' k-means settings (the authors' code): 20 iterations, uniform seeding,
-#: one shared fitting set of up to 1000 * max(K) frames, seed 0.
-DEFAULT_KMEANS = KMeansSettings()
 
 
 class PseudoLabelMismatchError(PtaptError, RuntimeError):
     """Pseudo-labels that do not belong to the audio the pipeline reads."""
-
-
-# ----------------------------------------------------------------------------
-# Fingerprints
-# ----------------------------------------------------------------------------
-
-
-def _sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_manifest(manifest: str | Path) -> dict[str, dict[str, Any]]:
-    with open(manifest, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def manifest_hash(manifest: str | Path) -> str:
-    """SHA-256 of a JSON manifest's content (key order and formatting ignored)."""
-    canonical = json.dumps(_read_manifest(manifest), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def module_state_hash(model: nn.Module) -> str:
-    """SHA-256 of a module's class name and every tensor of its state dict."""
-    digest = hashlib.sha256(type(model).__qualname__.encode("utf-8"))
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(name.encode("utf-8"))
-        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode("utf-8"))
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def frame_model_hash(frame_model: str | Path | nn.Module) -> str:
-    """SHA-256 of a phase-1 model: of the files ``frame_model.ckpt`` and
-    ``frame_model.json`` for a final folder, of the state dict for a module."""
-    if isinstance(frame_model, nn.Module):
-        return module_state_hash(frame_model)
-    folder = Path(frame_model)
-    missing = [name for name in FRAME_MODEL_FILES if not (folder / name).is_file()]
-    if missing:
-        raise MissingFileError(
-            f"{folder} is not a phase-1 frame model folder: {', '.join(missing)} missing "
-            "(expected the 'final' folder written by the frame-level emotion stage)."
-        )
-    digest = hashlib.sha256()
-    for name in FRAME_MODEL_FILES:
-        digest.update(name.encode("utf-8"))
-        digest.update(_sha256_file(folder / name).encode("utf-8"))
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------
@@ -201,580 +149,6 @@ def backbone_frame_counts(config: Wav2Vec2Config, num_samples: Any) -> np.ndarra
     samples = torch.as_tensor(np.asarray(num_samples, dtype=np.int64))
     samples = samples.clamp(min=receptive_field_of_config(config))
     return wav2vec2_frame_lengths(config, samples).numpy().astype(np.int64)
-
-
-# ----------------------------------------------------------------------------
-# Stage 1: feature dump
-# ----------------------------------------------------------------------------
-
-
-class _AppendableNpy:
-    """A float32 (rows, dim) .npy file grown by appending rows at its end.
-
-    ``numpy.lib.format.open_memmap`` needs the row count up front, but the phase-1
-    model's frames per utterance are known only once it has run (its frame mask).
-    numpy's version 1.0 header reserves room for the growth axis to reach 21 digits
-    (``numpy.lib.format.GROWTH_AXIS_MAX_DIGITS``), so the header written with 0 rows
-    is overwritten in place with the true shape by :meth:`close`.
-    """
-
-    def __init__(self, path: Path, dim: int, resume_rows: int = 0) -> None:
-        self.path = path
-        self.dim = dim
-        self.rows = resume_rows
-        if resume_rows:
-            self.header_bytes = _npy_data_offset(path)
-            self.file = open(path, "r+b")
-            self.file.truncate(self.header_bytes + resume_rows * dim * 4)
-            self.file.seek(0, os.SEEK_END)
-        else:
-            self.file = open(path, "wb")
-            self._write_header()
-            self.header_bytes = self.file.tell()
-
-    def _write_header(self) -> None:
-        header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim)}
-        np.lib.format.write_array_header_1_0(self.file, header)
-
-    def append(self, rows: np.ndarray) -> None:
-        """Writes (n, dim) rows at the end of the file."""
-        if rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise ValueError(f"Expected (frames, {self.dim}) features, got {rows.shape}.")
-        self.file.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
-        self.file.flush()
-        self.rows += rows.shape[0]
-
-    def sync(self) -> None:
-        """Makes the rows written so far durable on disk."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        """Writes the final shape into the header and closes the file."""
-        self.file.seek(0)
-        self._write_header()
-        if self.file.tell() != self.header_bytes:
-            raise ValueError(f"The .npy header of {self.path} changed size; the dump is unusable.")
-        self.sync()
-        self.file.close()
-
-
-def _npy_data_offset(path: Path) -> int:
-    """Bytes before the data of a version 1.0 .npy file (its header's size)."""
-    with open(path, "rb") as f:
-        np.lib.format.read_magic(f)
-        np.lib.format.read_array_header_1_0(f)
-        return f.tell()
-
-
-def _holds_rows(path: Path, rows: int, dim: int) -> bool:
-    """Whether the partial dump ``path`` has a readable header and ``rows`` rows."""
-    try:
-        return path.stat().st_size >= _npy_data_offset(path) + rows * dim * 4
-    except (OSError, ValueError):
-        return False
-
-
-@dataclass
-class FeatureDump:
-    """A finished feature dump: phase-1 frames of every utterance of a manifest.
-
-    Attributes
-    ----------
-    folder : Path
-        The folder holding ``features.npy`` and ``index.json``.
-    ids : list of str
-        Utterance ids, in manifest order.
-    lengths : np.ndarray
-        (utterances,) int64 frames the phase-1 model gave each utterance.
-    num_samples : np.ndarray
-        (utterances,) int64 samples of each utterance's audio at the dump's
-        sampling rate, as the data pipeline loads it.
-    emotions : list
-        The manifest's ``emo`` of each utterance (None where absent).
-    dim : int
-        Feature dimension (512 for the phase-1 model).
-    fingerprint : dict
-        What the features were computed from (manifest and model hashes ...).
-    """
-
-    folder: Path
-    ids: list[str]
-    lengths: np.ndarray
-    num_samples: np.ndarray
-    emotions: list[str | None]
-    dim: int
-    fingerprint: dict[str, Any]
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """(utterances,) int64 first row of each utterance in :attr:`features`."""
-        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-
-    @property
-    def num_frames(self) -> int:
-        """Total frames (rows of :attr:`features`)."""
-        return int(self.lengths.sum())
-
-    @property
-    def features(self) -> np.ndarray:
-        """(frames, dim) float32 memory-mapped features of every utterance, in order."""
-        return np.load(self.folder / FEATURES_FILE, mmap_mode="r")
-
-    @classmethod
-    def load(cls, folder: str | Path) -> FeatureDump:
-        """Opens a finished dump; FileNotFoundError when there is none in ``folder``."""
-        folder = Path(folder)
-        index_path = folder / INDEX_FILE
-        if not index_path.is_file() or not (folder / FEATURES_FILE).is_file():
-            raise FileNotFoundError(f"No finished feature dump in {folder}.")
-        index = read_json(index_path)
-        return cls(
-            folder=folder,
-            ids=list(index["ids"]),
-            lengths=np.asarray(index["lengths"], dtype=np.int64),
-            num_samples=np.asarray(index["num_samples"], dtype=np.int64),
-            emotions=list(index["emotions"]),
-            dim=int(index["dim"]),
-            fingerprint=dict(index["fingerprint"]),
-        )
-
-
-def features_cache(folder: str | Path, fingerprint: dict[str, Any]) -> StageCache:
-    """A feature dump as a cached stage (:mod:`~speechbrain_ptapt.protocol.stage_cache`): derived
-    data, recorded in ``index.json`` under ``fingerprint``, computed again when stale."""
-    return StageCache(
-        "pseudo-label features",
-        fingerprint,
-        Path(folder) / INDEX_FILE,
-        expensive=False,
-        field="fingerprint",
-    )
-
-
-def features_fingerprint(
-    manifest: str | Path,
-    frame_model: str | Path | nn.Module,
-    sample_rate: int = 16000,
-    batch_size: int = 1,
-) -> dict[str, Any]:
-    """What a feature dump depends on: the manifest's content, the phase-1
-    model's weights, the sampling rate and the batch size (padding changes
-    the frames of a GroupNorm CNN)."""
-    return {
-        "format": FORMAT_VERSION,
-        "manifest": manifest_hash(manifest),
-        "frame_model": frame_model_hash(frame_model),
-        "sample_rate": int(sample_rate),
-        "batch_size": int(batch_size),
-    }
-
-
-def _batches(items: list, batch_size: int) -> Iterable[list]:
-    for start in range(0, len(items), batch_size):
-        yield items[start : start + batch_size]
-
-
-def _pad(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, max samples) zero-padded waveforms and (batch,) relative lengths."""
-    longest = max(w.shape[0] for w in wavs)
-    batch = torch.zeros(len(wavs), longest)
-    for i, wav in enumerate(wavs):
-        batch[i, : wav.shape[0]] = wav
-    lens = torch.tensor([w.shape[0] / longest for w in wavs], dtype=torch.float32)
-    return batch, lens
-
-
-def _resumable_record(
-    progress_path: Path, partial: Path, fingerprint: dict[str, Any], ids: list[str]
-) -> dict[str, Any] | None:
-    """The progress record of an interrupted dump that can be resumed: same fingerprint,
-    same leading utterances and every recorded row in ``partial``; None otherwise."""
-    if not (progress_path.is_file() and partial.is_file()):
-        return None
-    previous = read_json(progress_path)
-    if (
-        previous.get("fingerprint") == fingerprint
-        and previous["ids"] == ids[: len(previous["lengths"])]
-        and _holds_rows(partial, sum(previous["lengths"]), previous["dim"] or 0)
-    ):
-        return previous
-    return None
-
-
-class _DumpProgress:
-    """The rows of an unfinished feature dump (appended to ``partial``) and their durable
-    record in ``progress_path``: frames per utterance, samples per utterance, width."""
-
-    def __init__(
-        self,
-        partial: Path,
-        progress_path: Path,
-        fingerprint: dict[str, Any],
-        ids: list[str],
-        record: dict[str, Any],
-    ) -> None:
-        self.partial = partial
-        self.progress_path = progress_path
-        self.fingerprint = fingerprint
-        self.ids = ids
-        self.record = record
-        self.writer = (
-            _AppendableNpy(partial, record["dim"], resume_rows=sum(record["lengths"]))
-            if self.done
-            else None
-        )
-
-    @property
-    def done(self) -> int:
-        """Utterances written so far."""
-        return len(self.record["lengths"])
-
-    def append(self, frames: np.ndarray, num_frames: int, num_samples: int) -> None:
-        """Writes the first ``num_frames`` rows of one utterance's (frames, dim) features."""
-        if self.writer is None:
-            self.record["dim"] = int(frames.shape[1])
-            self.writer = _AppendableNpy(self.partial, self.record["dim"])
-        self.writer.append(frames[:num_frames])
-        self.record["lengths"].append(num_frames)
-        self.record["num_samples"].append(num_samples)
-
-    def save(self) -> None:
-        """Makes the rows written so far durable and records them."""
-        if self.writer is not None:
-            self.writer.sync()
-        write_json(
-            self.progress_path,
-            {"fingerprint": self.fingerprint, "ids": self.ids[: self.done], **self.record},
-        )
-
-
-def _compute_features(
-    model: nn.Module,
-    entries: dict[str, dict[str, Any]],
-    progress: _DumpProgress,
-    batch_size: int,
-    device: str | torch.device,
-    sample_rate: int,
-    sync_every: int,
-) -> None:
-    """Runs the phase-1 model (in eval mode, restored after) over the utterances not yet
-    in ``progress`` and appends their valid frames; the progress is saved every
-    ``sync_every`` utterances and when interrupted."""
-    ids = progress.ids
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    todo = ids[progress.done :]
-    since_sync = 0
-    try:
-        with (
-            torch.no_grad(),
-            tqdm(total=len(ids), initial=progress.done, desc="phase-1 features", unit="utt") as bar,
-        ):
-            for batch_ids in _batches(todo, batch_size):
-                wavs = [load_audio(entries[u]["wav"], sample_rate) for u in batch_ids]
-                batch, lens = _pad(wavs)
-                features, frame_mask = model.frame_features(batch.to(device), lens.to(device))
-                features = features.detach().float().cpu().numpy()
-                valid = frame_mask.detach().cpu().sum(dim=1).numpy()
-                for i, wav in enumerate(wavs):
-                    progress.append(features[i], int(valid[i]), int(wav.shape[0]))
-                bar.update(len(batch_ids))
-                since_sync += len(batch_ids)
-                if since_sync >= sync_every:
-                    progress.save()
-                    since_sync = 0
-    except BaseException:
-        progress.save()
-        raise
-    finally:
-        model.train(was_training)
-
-
-def dump_features(
-    model: nn.Module,
-    manifest: str | Path,
-    out_folder: str | Path,
-    batch_size: int = 1,
-    device: str | torch.device = "cpu",
-    sample_rate: int = 16000,
-    fingerprint: dict[str, Any] | None = None,
-    sync_every: int = 100,
-) -> FeatureDump:
-    """Runs the phase-1 model over every utterance of a manifest and stores its frames.
-
-    Frames are appended to ``out_folder/features.npy`` as each batch is computed,
-    so memory holds one batch at a time. The files carry temporary names until
-    the last utterance is written (``features.npy.partial``, ``progress.json``);
-    an interrupted dump with the same fingerprint resumes after the last
-    utterance recorded in ``progress.json``. A finished dump with the same
-    fingerprint is returned as is.
-
-    Arguments
-    ---------
-    model : nn.Module
-        The phase-1 model: ``model.frame_features(wavs (B, samples), wav_lens (B,)
-        relative)`` returns ``(features (B, frames, D), frame_mask (B, frames))``
-        at 20 ms frames, valid frames first.
-    manifest : str or Path
-        SpeechBrain JSON manifest (``wav`` and optionally ``emo`` per utterance).
-    out_folder : str or Path
-        The dump's folder.
-    batch_size : int
-        Utterances per forward pass. 1 (default) gives each utterance the frames
-        it gets alone; with more, padding changes the frames of a CNN with
-        GroupNorm over time.
-    device : str or torch.device
-        Where the model runs.
-    sample_rate : int
-        Sampling rate the audio is read at, in Hz.
-    fingerprint : dict, optional
-        Recorded in the index; default :func:`features_fingerprint`.
-    sync_every : int
-        Utterances between two durable progress records.
-
-    Returns
-    -------
-    FeatureDump
-        The finished dump.
-    """
-    out_folder = Path(out_folder)
-    out_folder.mkdir(parents=True, exist_ok=True)
-    if fingerprint is None:
-        fingerprint = features_fingerprint(manifest, model, sample_rate, batch_size)
-    cache = features_cache(out_folder, fingerprint)
-    if cache.is_done([out_folder / FEATURES_FILE]):
-        logger.info("Feature dump in %s is up to date, reusing it.", out_folder)
-        return FeatureDump.load(out_folder)
-    for name in (INDEX_FILE, FEATURES_FILE):
-        (out_folder / name).unlink(missing_ok=True)
-
-    entries = _read_manifest(manifest)
-    ids = list(entries)
-    partial = out_folder / (FEATURES_FILE + ".partial")
-    progress_path = out_folder / PROGRESS_FILE
-    record = _resumable_record(progress_path, partial, fingerprint, ids)
-    if record is None:
-        record = {"lengths": [], "num_samples": [], "dim": None}
-    else:
-        logger.info(
-            "Resuming the feature dump in %s after %d utterances.",
-            out_folder,
-            len(record["lengths"]),
-        )
-    progress = _DumpProgress(partial, progress_path, fingerprint, ids, record)
-    _compute_features(model, entries, progress, batch_size, device, sample_rate, sync_every)
-
-    if progress.writer is None:
-        raise ValueError(f"The manifest {manifest} holds no utterance.")
-    progress.writer.close()
-    os.replace(partial, out_folder / FEATURES_FILE)
-    cache.publish(
-        dim=record["dim"],
-        sample_rate=int(sample_rate),
-        ids=ids,
-        lengths=record["lengths"],
-        num_samples=record["num_samples"],
-        emotions=[entries[u].get("emo") for u in ids],
-    )
-    progress_path.unlink(missing_ok=True)
-    dump = FeatureDump.load(out_folder)
-    logger.info(
-        "Dumped %d frames of %d utterances (dim %d) to %s.",
-        dump.num_frames,
-        len(ids),
-        dump.dim,
-        out_folder,
-    )
-    return dump
-
-
-# ----------------------------------------------------------------------------
-# Stage 2: k-means codebooks
-# ----------------------------------------------------------------------------
-
-
-def codebook_fingerprint(
-    dump: FeatureDump,
-    n_clusters: int,
-    kmeans: KMeansSettings,
-    fit_frames: int | str | None = None,
-) -> dict[str, Any]:
-    """What the codebook of one K depends on: the features, K and the k-means settings.
-
-    ``fit_frames`` describes a shared fitting set (:func:`shared_fitting_rows`):
-    ``"all"`` when it holds every frame, else its size limit in frames; None for
-    the per-K random sample.
-    """
-    return canonical(
-        {
-            "features": dump.fingerprint,
-            "n_clusters": int(n_clusters),
-            "n_iter": int(kmeans.iterations),
-            "max_points_per_cluster": int(kmeans.points_per_cluster),
-            "seed": int(kmeans.seed),
-            "init": kmeans.init,
-            "fit_set": kmeans.fit_set,
-            "fit_frames": fit_frames,
-        }
-    )
-
-
-def shared_fitting_rows(lengths: Sequence[int], max_frames: int, seed: int) -> np.ndarray | None:
-    """The one k-means fitting set shared by every K: whole utterances in a seeded
-    random order, taken until the next one would exceed ``max_frames`` frames.
-
-    This is how the authors' ``cluster.py`` fills its buffer of ``1000 * max(K)``
-    frames (``cluster.py:76, 79-101``): utterances come from a shuffled DataLoader
-    and each contributes ``sample_ratio`` of its frames, 1.0 in their IEMOCAP
-    script (``bin/run_exp_iemocap.sh:8``), i.e. all of them; the loop stops at the
-    first utterance that does not fit. The buffer holds every frame of IEMOCAP (about
-    1 M frames of a fold's training sessions against 4 096 000) and of SAVEE.
-
-    Arguments
-    ---------
-    lengths : sequence of int
-        Frames of each utterance, in the order of their rows in the features.
-    max_frames : int
-        Size limit of the set in frames (``1000 * max(K)``).
-    seed : int
-        Seed of the utterance order.
-
-    Returns
-    -------
-    np.ndarray or None
-        Sorted int64 row ids of the set, or None when it holds every frame.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if int(lengths.sum()) <= max_frames:
-        return None
-    order = np.random.default_rng(int(seed)).permutation(lengths.size)
-    taken = int(np.searchsorted(np.cumsum(lengths[order]), max_frames, side="right"))
-    if taken == 0:
-        raise ValueError(
-            f"The k-means fitting set of {max_frames} frames cannot hold a whole utterance "
-            f"(the first one drawn has {int(lengths[order[0]])} frames)."
-        )
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    utterances = np.sort(order[:taken])
-    return np.concatenate(
-        [np.arange(offsets[u], offsets[u] + lengths[u], dtype=np.int64) for u in utterances]
-    )
-
-
-def _as_numpy(array: Any) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def fit_codebooks(
-    dump: FeatureDump,
-    n_clusters: Sequence[int] = (64, 512, 4096),
-    kmeans: KMeansSettings = DEFAULT_KMEANS,
-    device: str | torch.device | None = None,
-    out_folder: str | Path | None = None,
-) -> dict[int, np.ndarray]:
-    """Learns one k-means codebook per K on the dumped features.
-
-    Each K is fitted by :func:`speechbrain_ptapt.pseudo_labels.kmeans.fit_kmeans` and saved as
-    ``out_folder/kmeans_<K>.npy``; ``kmeans.json`` records each codebook's
-    fingerprint, fitting frames and inertia, and a codebook whose fingerprint
-    matches is loaded instead of refitted. The fitting frames are, with
-    ``kmeans.fit_set="shared"`` (the authors' code), one set of whole utterances of
-    at most ``kmeans.points_per_cluster * max(K)`` frames shared by every K
-    (:func:`shared_fitting_rows`; every frame when they fit, read chunk by chunk
-    from the memory-mapped dump); with ``"per_k"``, at most
-    ``kmeans.points_per_cluster * K`` frames drawn at random for each K.
-
-    Arguments
-    ---------
-    dump : FeatureDump
-        The features.
-    n_clusters : sequence of int
-        The K values.
-    kmeans : KMeansSettings
-        Iterations, seeding, fitting set and seed (same settings, same codebook).
-    device : str or torch.device, optional
-        Where k-means runs (its default when None).
-    out_folder : str or Path, optional
-        Where codebooks go; default the dump folder's parent.
-
-    Returns
-    -------
-    dict
-        K -> (K, dim) float32 centroids.
-    """
-    shared: np.ndarray | None = None
-    fit_frames: int | str | None = None
-    if kmeans.fit_set == "shared":
-        max_frames = kmeans.points_per_cluster * max(int(k) for k in n_clusters)
-        shared = shared_fitting_rows(dump.lengths, max_frames, kmeans.seed)
-        fit_frames = "all" if shared is None else max_frames
-    out_folder = Path(out_folder) if out_folder is not None else dump.folder.parent
-    out_folder.mkdir(parents=True, exist_ok=True)
-    record_path = out_folder / KMEANS_RECORD_FILE
-    record = read_json(record_path) if record_path.is_file() else {}
-    codebooks: dict[int, np.ndarray] = {}
-    for k in n_clusters:
-        k = int(k)
-        if k > dump.num_frames:
-            raise ValueError(
-                f"Cannot fit {k} clusters on {dump.num_frames} frames: use a smaller K "
-                "or more training data."
-            )
-        fingerprint = codebook_fingerprint(dump, k, kmeans, fit_frames)
-        path = out_folder / f"kmeans_{k}.npy"
-        entry = record.get(str(k))
-        if entry is not None and path.is_file():
-            changed = differences(entry.get("fingerprint"), fingerprint)
-            if not changed:
-                logger.info("k-means codebook K=%d in %s is up to date, reusing it.", k, path)
-                codebooks[k] = np.load(path)
-                continue
-            logger.info("k-means codebook K=%d differs in %s: fitting it again.", k, changed)
-        if kmeans.fit_set == "shared":
-            n_fit = dump.num_frames if shared is None else int(shared.size)
-            sampling = {"rows": shared}
-        else:
-            n_fit = min(kmeans.points_per_cluster * k, dump.num_frames)
-            sampling = {"max_points": kmeans.points_per_cluster * k}
-        if n_fit < k:
-            raise ValueError(
-                f"Cannot fit {k} clusters on the {n_fit} frames of the k-means fitting set: "
-                "raise the points per cluster (kmeans_points_per_cluster)."
-            )
-        logger.info(
-            "Fitting k-means K=%d on %d of %d frames (%s set, %d iterations, %s seeding).",
-            k,
-            n_fit,
-            dump.num_frames,
-            kmeans.fit_set,
-            kmeans.iterations,
-            kmeans.init,
-        )
-        result = fit_kmeans(
-            dump.features,
-            k,
-            n_iter=kmeans.iterations,
-            seed=kmeans.seed,
-            device=device,
-            init=kmeans.init,
-            **sampling,
-        )
-        centroids = _as_numpy(result.centroids)
-        with atomic_write(path, "wb") as handle:
-            np.save(handle, centroids)
-        record[str(k)] = {
-            "fingerprint": fingerprint,
-            "fit_frames": n_fit,
-            "inertia": float(result.inertia),
-            "n_iter": int(result.n_iter),
-        }
-        write_json(record_path, record)
-        codebooks[k] = centroids
-    return codebooks
 
 
 # ----------------------------------------------------------------------------
@@ -1112,8 +486,10 @@ def prepare_pseudo_labels(
     (:func:`pseudo_labels_fingerprint`).
 
     ``out_folder`` receives the labels (:func:`write_labels`), the codebooks
-    (:func:`fit_codebooks`) and the feature dump in ``out_folder/features``
-    (:func:`dump_features`). Finished labels whose ``fingerprint.json`` matches
+    (:func:`~speechbrain_ptapt.pseudo_labels.codebooks.fit_codebooks`) and the
+    feature dump in ``out_folder/features``
+    (:func:`~speechbrain_ptapt.pseudo_labels.features.dump_features`). Finished
+    labels whose ``fingerprint.json`` matches
     (same manifest content, phase-1 weights, K list, k-means settings, sampling
     rate and wav2vec2 frame geometry) are reused without loading the model;
     otherwise the stale labels are deleted and recomputed, the features too when
@@ -1137,7 +513,8 @@ def prepare_pseudo_labels(
     wav2vec2_config : Wav2Vec2Config
         Config of the phase-2 backbone (its frame geometry).
     kmeans : KMeansSettings
-        k-means iterations, seeding, fitting set and seed (see :func:`fit_codebooks`).
+        k-means iterations, seeding, fitting set and seed (see
+        :func:`~speechbrain_ptapt.pseudo_labels.codebooks.fit_codebooks`).
     batch_size : int
         Utterances per phase-1 forward pass.
     device : str or torch.device
@@ -1298,7 +675,7 @@ class PseudoLabelStore:
             f"prepare the pseudo-labels again (delete {self.folder} or run "
             "recipes/IEMOCAP/prepare_pseudo_labels.py with this manifest and backbone)."
         )
-        ids = list(_read_manifest(manifest))
+        ids = list(read_manifest(manifest))
         missing = [utt for utt in ids if utt not in self._entries]
         if missing:
             raise PseudoLabelMismatchError(
